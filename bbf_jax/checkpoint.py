@@ -1,0 +1,135 @@
+"""Orbax checkpoints of a whole training run, for exact resumption.
+
+A checkpoint (``base_dir/checkpoints/<agent_step>``) holds three items written
+atomically by ``orbax.checkpoint.CheckpointManager``:
+
+* ``train_state``: the learner's :class:`~bbf_jax.learner.TrainState` (online and
+  target parameters, optimizer and loss-scale state, PRNG keys, counters);
+* ``host``: numpy arrays of the host side: the replay buffer (storage, sum tree,
+  generator state), the prefetched samples still queued, the live environment's
+  emulator state (``cloneState``) and preprocessing buffers, the agent's frame stack;
+* ``meta``: JSON with the counters of the loop, numpy generator states and a
+  fingerprint (game, seed, operative gin config) that a resumed run must match.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used (corrupt, or from another config or game)."""
+
+
+def encode_bytes(b: bytes) -> np.ndarray:
+    return np.frombuffer(b, np.uint8).copy()
+
+
+def decode_bytes(a) -> bytes:
+    return np.asarray(a, np.uint8).tobytes()
+
+
+def flat_to_tree(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Orbax uses '/' in paths: store 'a/b' keys as 'a.b', and 0-d byte strings as uint8."""
+    out = {}
+    for k, v in flat.items():
+        v = np.asarray(v)
+        if v.dtype.kind == "S":
+            v = encode_bytes(v.item())
+            k = k + ".bytes"
+        out[k.replace("/", ".")] = v
+    return out
+
+
+def tree_to_flat(tree: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out = {}
+    for k, v in tree.items():
+        if k.endswith(".bytes"):
+            k, v = k[: -len(".bytes")], np.array(decode_bytes(v))
+        out[k.replace(".", "/")] = np.asarray(v)
+    return out
+
+
+class RunCheckpointer:
+    """Saves and restores run checkpoints under ``base_dir/checkpoints``."""
+
+    def __init__(self, base_dir: str | pathlib.Path, max_to_keep: int = 2):
+        self.directory = pathlib.Path(base_dir).resolve() / "checkpoints"
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        )
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, train_state, host: dict, meta: dict) -> None:
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                train_state=ocp.args.StandardSave(train_state),
+                host=ocp.args.StandardSave(host),
+                meta=ocp.args.JsonSave(meta),
+            ),
+            force=True,
+        )
+        self._manager.wait_until_finished()
+
+    def restore(self, step: int, abstract_train_state) -> tuple[Any, dict, dict]:
+        """Returns ``(train_state, host, meta)`` of ``step``.
+
+        Raises:
+          CheckpointError: if the checkpoint cannot be read or does not match the
+            structure of ``abstract_train_state`` (another network or config).
+        """
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_train_state)
+        try:
+            meta = self._manager.restore(
+                step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+            )["meta"]
+        except Exception as e:  # orbax raises many types for unreadable files
+            raise CheckpointError(
+                f"checkpoint {self.directory / str(step)} is unreadable: {_short(e)}"
+            ) from None
+        try:
+            restored = self._manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    train_state=ocp.args.StandardRestore(target),
+                    host=ocp.args.StandardRestore(),
+                ),
+            )
+        except Exception as e:
+            raise CheckpointError(
+                f"checkpoint {self.directory / str(step)} is corrupt or does not match this "
+                f"run's network/optimizer: {_short(e)}"
+            ) from None
+        return restored["train_state"], restored["host"], meta
+
+    def close(self) -> None:
+        self._manager.close()
+
+
+def _short(e: Exception) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:300]}"
+
+
+def check_fingerprint(saved: dict, current: dict, directory) -> None:
+    """Raises CheckpointError naming every field where ``saved`` and ``current`` differ."""
+    diff = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    if diff:
+        details = "; ".join(
+            f"{k}: checkpoint {json.dumps(saved.get(k))[:80]} vs now {json.dumps(current.get(k))[:80]}"
+            for k in diff
+        )
+        raise CheckpointError(
+            f"the checkpoint in {directory} belongs to another run ({details}); use another "
+            "--base_dir or delete the checkpoints to start afresh"
+        )

@@ -1,0 +1,66 @@
+"""Kind ``augmentation``: DrQ pad-crop + intensity augmentation (spec §5.4; README §8).
+
+For every ``<run>/`` prefix in the file (``partitionable_true``, ``partitionable_false``)
+the augmentation is recomputed with ``PRNGKey(0)`` under the matching setting of
+``jax_threefry_partitionable``: the output, ``process_inputs`` on the uint8 input and
+the internal draws (crop offsets, normal draw, intensity factor).
+"""
+
+from __future__ import annotations
+
+from bbf_jax.crosscheck.fixture_io import Fixture, FixtureError, Row, compare
+
+KIND = "augmentation"
+
+_RUNS = {"partitionable_true": True, "partitionable_false": False}
+_DRAWS = {
+    "crop_offsets_h": "offsets_h",
+    "crop_offsets_w": "offsets_w",
+    "intensity_normal_r": "normal_r",
+    "intensity_noise": "intensity",
+}
+# Bitwise: same keys, same random calls, same float32 arithmetic as the official code.
+TOL = 0.0
+SEED = 0
+
+
+def matches(fixture: Fixture) -> bool:
+    return "input/x_uint8" in fixture.arrays and any(
+        f"{run}/output" in fixture.arrays for run in _RUNS
+    )
+
+
+def verify(fixture: Fixture) -> list[Row]:
+    import jax
+    import jax.numpy as jnp
+
+    from bbf_jax import augment
+
+    x_uint8 = fixture.get("input/x_uint8")
+    x_float = fixture.get("input/x_float")
+    runs = [run for run in _RUNS if f"{run}/output" in fixture.arrays]
+    if not runs:
+        raise FixtureError(f"{fixture.path.name}: no '<run>/output' array for any of {list(_RUNS)}")
+    rows = [compare("input/x_float", augment.process_inputs(x_uint8), x_float, TOL)]
+    for run in runs:
+        with jax.threefry_partitionable(_RUNS[run]):
+            key = jax.random.PRNGKey(SEED)
+            output = jax.jit(augment.drq_augment)(key, x_float)
+            processed = jax.jit(
+                lambda k, x: augment.process_inputs(x, jnp.float32, augment=True, key=k)
+            )(key, x_uint8)
+            n = x_float.reshape(-1, *x_float.shape[-3:]).shape[0]
+            draws = augment.drq_draws(key, n)
+        rows.append(compare(f"{run}/output", output, fixture.get(f"{run}/output"), TOL))
+        rows.append(
+            compare(
+                f"{run}/output_process_inputs",
+                processed,
+                fixture.get(f"{run}/output_process_inputs"),
+                TOL,
+            )
+        )
+        for stored, field in _DRAWS.items():
+            name = f"{run}/{stored}"
+            rows.append(compare(name, getattr(draws, field), fixture.get(name), TOL))
+    return rows

@@ -1,0 +1,298 @@
+"""Fixture kind ``losses``: one training step on the small network (official README §4).
+
+Recomputes, for each case (``n3_g0.997``, ``n10_g0.97``, ``n3_g0.997_aug``), the
+per-sample C51/SPR losses, the intermediates, the full gradient, the AdamW-updated
+parameters and the EMA target from the stored parameters and batch, with
+``rng = PRNGKey(42)`` fed straight into one official ``train_one_batch`` step.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+from bbf_jax.crosscheck.fixture_io import (
+    Fixture,
+    FixtureError,
+    Row,
+    compare,
+    compare_trees,
+    flatten_tree,
+    load_fixture,
+    save_fixture,
+    unflatten_tree,
+)
+
+KIND = "losses"
+TOL = 1e-5
+CASES = {  # case -> (update horizon n, gamma, augmentation)
+    "n3_g0.997": (3, 0.997, False),
+    "n10_g0.97": (10, 0.97, False),
+    "n3_g0.997_aug": (3, 0.997, True),
+}
+TRAIN_RNG_SEED = 42
+_SCALARS = {"TotalLoss": "TotalLoss", "DQNLoss": "DQNLoss", "TD Error": "TDError", "SPRLoss": "SPRLoss"}
+
+
+def matches(fixture: Fixture) -> bool:
+    return "input/raw_states" in fixture.arrays and "target_params/head/value/net/bias" in {
+        k for k in fixture.arrays
+    }
+
+
+def infer_network(flat_params: dict) -> tuple:
+    """NetworkConfig and num_actions from a flat parameter dict (official tree)."""
+    from bbf_jax.config import NetworkConfig
+
+    try:
+        noisy = "projection/net/kernell" in flat_params
+        dueling = "head/value/net/kernel" in flat_params
+        num_atoms = flat_params["head/value/net/kernel"].shape[1] if dueling else 51
+        adv = flat_params["head/advantage/net/kernel"].shape[1]
+        hidden = flat_params["projection/net/kernel"].shape[1]
+        if "encoder/ResidualStage_0/Conv_0/kernel" in flat_params:
+            width = flat_params["encoder/ResidualStage_0/Conv_0/kernel"].shape[-1] / 16
+            convs = {k.split("/")[2] for k in flat_params if k.startswith("encoder/ResidualStage_0/")}
+            cfg = NetworkConfig(
+                encoder_type="impala", width_scale=width, num_blocks=(len(convs) - 1) // 2,
+                hidden_dim=hidden, dueling=dueling, noisy=noisy, num_atoms=num_atoms,
+            )
+        else:
+            width = flat_params["encoder/Conv_0/kernel"].shape[-1] / 32
+            cfg = NetworkConfig(
+                encoder_type="dqn", width_scale=width, hidden_dim=hidden, dueling=dueling,
+                noisy=noisy, num_atoms=num_atoms,
+            )
+    except KeyError as e:
+        raise FixtureError(f"parameter tree lacks {e}; not a BBF network") from None
+    return cfg, adv // num_atoms
+
+
+def _learner(flat_params: dict, augmentation: bool, batch_size: int):
+    from bbf_jax.config import AgentConfig
+    from bbf_jax.learner import make_learner
+
+    net_cfg, num_actions = infer_network(flat_params)
+    agent = AgentConfig(batch_size=batch_size, batches_to_group=1, data_augmentation=augmentation)
+    return make_learner(agent, net_cfg, num_actions)
+
+
+def compute_case(fixture_arrays: dict, case: str) -> dict[str, np.ndarray]:
+    """All outputs of one case, keyed as in the fixture (``<case>/...``)."""
+    import jax
+    import jax.numpy as jnp
+
+    from bbf_jax import augment
+    from bbf_jax.learner import TrainBatch, TrainState
+
+    _, _, aug = CASES[case]
+    get = fixture_arrays.__getitem__
+    online = unflatten_tree({k[len("params/"):]: v for k, v in fixture_arrays.items()
+                             if k.startswith("params/")})
+    target = unflatten_tree({k[len("target_params/"):]: v for k, v in fixture_arrays.items()
+                             if k.startswith("target_params/")})
+    flat_online = flatten_tree(online)
+    inp = f"{case}/input/" if f"{case}/input/returns" in fixture_arrays else "n3_g0.997/input/"
+    raw_states = get("input/raw_states")
+    batch_size = raw_states.shape[0]
+    learner = _learner(flat_online, aug, batch_size)
+    batch = TrainBatch(
+        state=raw_states,
+        action=get("input/actions").astype(np.int32),
+        returns=get(inp + "returns")[:, 0],
+        discount=get(inp + "discount")[:, 0],
+        terminal=get(inp + "terminals")[:, 0].astype(np.float32),
+        next_state=get("input/raw_next_states")[:, 0],
+        same_trajectory=get(inp + "same_trajectory").astype(np.float32),
+        loss_weight=get(inp + "loss_weights"),
+    )
+    state = learner.state_from_params(online, jax.random.PRNGKey(TRAIN_RNG_SEED),
+                                      jax.random.PRNGKey(0))
+    state = state.replace(target=target)
+    out: dict[str, np.ndarray] = {}
+
+    # The same computation as Learner.train_step, unrolled to expose intermediates.
+    rng, k_states, k_next = jax.random.split(state.rng, 3)
+    dtype = learner.compute_dtype
+    states = augment.process_inputs(batch.state, dtype, aug, k_states)
+    next_states = augment.process_inputs(batch.next_state, dtype, aug, k_next)
+    rng, _, _ = jax.random.split(rng, 3)
+    keys = jax.random.split(rng, batch_size)
+    apply = lambda p, x, *a, **k: learner.network.apply({"params": p}, x, *a, **k)  # noqa: E731
+    next_online = apply(online, next_states)
+    next_target = apply(target, next_states)
+    td_target = learner.bootstrap_target(online, target, next_states, batch, keys)
+    spr_targets = learner.network.apply(
+        {"params": target}, states[:, 1:], method=type(learner.network).encode_project
+    )
+    terms = learner.per_sample_losses(online, states[:, 0], batch, td_target, spr_targets, keys)
+    rolled = apply(online, states[:, 0], batch.action[:, :-1], True)
+    from bbf_jax import losses as losses_lib
+
+    _, per_jump = losses_lib.spr_loss(rolled.latent, spr_targets, batch.same_trajectory[:, 1:])
+    new_state, metrics = jax.jit(learner.train_step)(state, batch, learner.default_hparams())
+    grads = jax.grad(
+        lambda p: jnp.mean(
+            learner.per_sample_losses(p, states[:, 0], batch, td_target, spr_targets, keys)[
+                "loss_weighted"
+            ]
+        )
+    )(online)
+
+    c = f"{case}/"
+    for official, ours in _SCALARS.items():
+        out[c + "official_aux/" + official] = np.asarray(metrics[ours]).reshape(1)
+        out[c + official] = np.asarray(
+            jnp.mean(terms[{"TotalLoss": "loss_weighted", "DQNLoss": "dqn_loss",
+                            "TD Error": "td_error", "SPRLoss": "spr_loss"}[official]])
+        )
+    out[c + "official_aux/GradNorm"] = np.asarray(metrics["GradNorm"]).reshape(1)
+    out[c + "mean_loss"] = np.asarray(jnp.mean(terms["loss_weighted"]))
+    ps = c + "per_sample/"
+    out[ps + "dqn_loss"] = np.asarray(terms["dqn_loss"])
+    out[ps + "td_error"] = np.asarray(terms["td_error"])
+    out[ps + "spr_loss_per_jump"] = np.asarray(per_jump)
+    out[ps + "spr_loss"] = np.asarray(terms["spr_loss"])
+    out[ps + "loss_unweighted"] = np.asarray(terms["loss"])
+    out[ps + "loss_weighted"] = np.asarray(terms["loss_weighted"])
+    it = c + "intermediate/"
+    next_action = jnp.argmax(next_online.q_values, axis=-1)
+    out[it + "target_distribution"] = np.asarray(td_target)
+    out[it + "next_q_online"] = np.asarray(next_online.q_values)
+    out[it + "next_qt_argmax"] = np.asarray(next_action, dtype=np.int32)
+    out[it + "next_probabilities_target"] = np.asarray(next_target.probabilities)
+    logits = apply(online, states[:, 0]).logits
+    out[it + "logits"] = np.asarray(logits)
+    out[it + "chosen_action_logits"] = np.asarray(
+        jnp.take_along_axis(logits, batch.action[:, 0, None, None], axis=1)[:, 0]
+    )
+    out[it + "spr_predictions"] = np.asarray(rolled.latent)
+    out[it + "spr_targets"] = np.asarray(spr_targets)
+    if aug:
+        out[it + "states_processed"] = np.asarray(states)
+        out[it + "next_states_processed"] = np.asarray(next_states)
+    for k, v in flatten_tree(grads).items():
+        out[c + "grads/" + k] = v
+    out[c + "grad_global_norm"] = np.asarray(metrics["GradNorm"])
+    for k, v in flatten_tree(new_state.online).items():
+        out[c + "new_online_params/" + k] = v
+    for k, v in flatten_tree(new_state.target).items():
+        out[c + "new_target_params/" + k] = v
+    return out
+
+
+def verify(fixture: Fixture) -> list[Row]:
+    if not fixture.subtree("params") or not fixture.subtree("target_params"):
+        raise FixtureError(f"{fixture.path.name}: needs params/* and target_params/*")
+    rows: list[Row] = []
+    cases = [c for c in CASES if any(k.startswith(c + "/") for k in fixture.arrays)]
+    if not cases:
+        raise FixtureError(f"{fixture.path.name}: none of the cases {list(CASES)} is present")
+    from bbf_jax.learner import importance_weights
+
+    for case in cases:
+        inp = f"{case}/input/"
+        if inp + "sampling_priorities" in fixture.arrays:
+            rows.append(compare(inp + "loss_weights (from sampling_priorities)",
+                                importance_weights(fixture.arrays[inp + "sampling_priorities"]),
+                                fixture.arrays[inp + "loss_weights"], 0.0))
+        if inp + "discount" in fixture.arrays:
+            n, gamma, _ = CASES[case]
+            rows.append(compare(inp + "discount (= float32(gamma^n))",
+                                np.full_like(fixture.arrays[inp + "discount"], np.float32(gamma**n)),
+                                fixture.arrays[inp + "discount"], 0.0))
+        try:
+            outputs = compute_case(fixture.arrays, case)
+        except KeyError as e:
+            raise FixtureError(f"{fixture.path.name}: missing array {e}") from None
+        stored = {k: v for k, v in fixture.arrays.items()
+                  if k.startswith(case + "/") and not k.startswith(case + "/input/")}
+        for key in sorted(stored):
+            if key not in outputs:
+                rows.append(Row(key, float("inf"), TOL, False, "not computed by bbf_jax"))
+                continue
+            expected = stored[key]
+            tol = TOL * max(1.0, float(np.max(np.abs(expected))) if expected.size else 1.0)
+            rows.append(compare(key, outputs[key], expected, tol))
+    return rows
+
+
+def make_inputs(num_actions: int, seed: int, learner) -> dict[str, np.ndarray]:
+    """Deterministic losses inputs for a bbf_jax-generated file (documented in its JSON)."""
+    import jax
+
+    from bbf_jax.learner import importance_weights
+
+    params = flatten_tree(learner.init_params(jax.random.PRNGKey(seed)))
+    noise = np.random.RandomState(2)
+    arrays = {f"params/{k}": v for k, v in params.items()}
+    for k, v in params.items():
+        arrays[f"target_params/{k}"] = (v + 0.005 * noise.standard_normal(v.shape)).astype(np.float32)
+    rs = np.random.RandomState(seed)
+    b, t = 8, learner.agent.jumps + 1
+    arrays["input/raw_states"] = rs.randint(0, 256, (b, t, 84, 84, 4)).astype(np.uint8)
+    arrays["input/raw_next_states"] = rs.randint(0, 256, (b, t, 84, 84, 4)).astype(np.uint8)
+    arrays["input/actions"] = rs.randint(0, num_actions, (b, t)).astype(np.int32)
+    arrays["input/support"] = np.linspace(-10, 10, 51).astype(np.float32)
+    prios = rs.uniform(0.5, 2.0, (b,)).astype(np.float32)
+    terminals = rs.uniform(size=(b, t)) < 0.2
+    same = np.cumprod(1 - terminals, axis=1).astype(np.uint8)
+    same[0] = 1  # the official row-0 quirk of the replay mask
+    for case, (n, gamma, _) in CASES.items():
+        if case.endswith("_aug"):
+            continue
+        c = f"{case}/input/"
+        arrays[c + "returns"] = rs.normal(0, 1, (b, t)).astype(np.float32)
+        arrays[c + "terminals"] = terminals
+        arrays[c + "same_trajectory"] = same
+        arrays[c + "discount"] = np.full((b, t), np.float32(gamma**n))
+        arrays[c + "sampling_priorities"] = prios
+        arrays[c + "loss_weights"] = importance_weights(prios)
+    return arrays
+
+
+def export(args) -> pathlib.Path:
+    """``bbf-crosscheck export --kind losses``: bbf_jax's outputs in the official format.
+
+    With ``--inputs`` pointing at a losses file (official or not) its inputs are
+    reused; otherwise inputs are generated from ``--seed`` with the network of the
+    gin config.
+    """
+    from bbf_jax import gin_utils
+
+    if args.inputs:
+        src = load_fixture(args.inputs)
+        arrays = {k: v for k, v in src.arrays.items()
+                  if k.startswith(("params/", "target_params/", "input/")) or "/input/" in k}
+        if "input/raw_states" not in arrays:
+            raise FixtureError(f"{args.inputs}: not a losses fixture (no input/raw_states)")
+        generated = False
+    else:
+        exp = gin_utils.parse(args.gin_files, args.gin_bindings)
+        learner = _learner_from_config(exp, args.num_actions)
+        arrays = make_inputs(args.num_actions, args.seed, learner)
+        generated = True
+    for case in CASES:
+        arrays.update(compute_case(arrays, case))
+    meta = {
+        "description": "one bbf_jax training step per case on the official losses format",
+        "train_call": f"Learner.train_step with rng = PRNGKey({TRAIN_RNG_SEED}), step 0, "
+        "tau 0.005, fresh optimizer state, batch_size = rows of input/raw_states",
+        "cases": {c: {"update_horizon": n, "gamma": g, "data_augmentation": a}
+                  for c, (n, g, a) in CASES.items()},
+        "inputs": ("generated: params = init(PRNGKey(seed)); target = params + 0.005 N(0,1) "
+                   "(RandomState(2)); states/actions/returns from RandomState(seed)")
+        if generated else f"copied from {pathlib.Path(args.inputs).name}",
+        "seed": args.seed,
+    }
+    return save_fixture(args.out, KIND, arrays, meta)
+
+
+def _learner_from_config(exp, num_actions):
+    from bbf_jax.config import AgentConfig
+    from bbf_jax.learner import make_learner
+
+    agent = AgentConfig(batch_size=8, batches_to_group=1, jumps=exp.agent.jumps,
+                        data_augmentation=False)
+    return make_learner(agent, exp.network, num_actions)

@@ -1,0 +1,145 @@
+"""``bbf-crosscheck torch FILE...``: recompute fixture outputs with the PyTorch reference.
+
+Supported fixture kinds: ``network`` (every ``out*/``, ``encode_project`` and
+``intermediate/`` array) and ``c51_projection``. Prints the same table as ``verify``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+
+from bbf_jax.crosscheck import torch_losses as tl
+from bbf_jax.crosscheck import torch_reference as tr
+from bbf_jax.crosscheck.fixture_io import (
+    Fixture,
+    FixtureError,
+    Row,
+    compare,
+    format_rows,
+    load_fixture,
+)
+
+NETWORK_TOL = 1e-5  # relative to max(1, |expected|), as verify
+C51_TOL = 1e-6
+
+
+def _kind(fixture: Fixture) -> str:
+    declared = fixture.meta.get("kind")
+    stem = fixture.path.stem
+    if declared == "network" or stem.startswith("network") or "out/logits" in fixture.arrays:
+        return "network"
+    if declared == "c51_projection" or stem.startswith("c51_projection"):
+        return "c51_projection"
+    raise FixtureError(
+        f"{fixture.path.name}: the torch check supports network and c51_projection fixtures"
+    )
+
+
+def _nhwc(x: torch.Tensor) -> np.ndarray:
+    return x.movedim(-3, -1).numpy()
+
+
+@torch.no_grad()
+def network_outputs(fixture: Fixture) -> dict[str, np.ndarray]:
+    """Every output array of a network fixture, computed by the torch reference."""
+    from bbf_jax.crosscheck.kinds.network import config_from_meta
+
+    support = fixture.get("input/support")
+    config, num_actions = config_from_meta(fixture.meta, support)
+    params = fixture.subtree("params")
+    if not params:
+        raise FixtureError(f"{fixture.path.name}: no params/* arrays")
+    try:
+        net = tr.network_from_params(params, config, num_actions)
+    except ValueError as e:
+        raise FixtureError(f"{fixture.path.name}: {e}") from None
+    x = torch.from_numpy(fixture.get("input/obs_float"))
+    actions = torch.from_numpy(fixture.get("input/actions"))
+    z = torch.from_numpy(support)
+    res: dict[str, np.ndarray] = {}
+    out = net(x, support=z)
+    rolled = net(x, actions, do_rollout=True, support=z)
+    for prefix, o in (("out", out), ("out_rollout", rolled)):
+        for field in ("q_values", "logits", "probabilities", "representation"):
+            res[f"{prefix}/{field}"] = getattr(o, field).numpy()
+    res["out/latent"] = _nhwc(out.latent)
+    res["out_rollout/latent"] = rolled.latent.numpy()
+    res["out_eval/q_values"] = res["out/q_values"]  # eval mode only disables noise
+    res["out_eval/logits"] = res["out/logits"]
+    res["encode_project"] = net.encode_project(x).numpy()
+    raw = net.encoder(x.permute(0, 3, 1, 2))
+    latent = tr.renormalize(raw) if config.renormalize else raw
+    res["intermediate/encoder_raw"] = _nhwc(raw)
+    res["intermediate/encoded_renormalized"] = _nhwc(latent)
+    res["intermediate/projection_pre_relu"] = net.projection(latent.flatten(1), None).numpy()
+    latents = net.transition_model(latent, actions)
+    res["intermediate/transition_latents"] = _nhwc(latents)
+    res["intermediate/transition_final_carry"] = _nhwc(latents[:, -1])
+    res["intermediate/spr_projected"] = net.projection(latents.flatten(2), None).numpy()
+    res["intermediate/spr_predictions"] = res["out_rollout/latent"]
+    return res
+
+
+def verify_network(fixture: Fixture) -> list[Row]:
+    rows = []
+    for name, value in network_outputs(fixture).items():
+        if name in fixture.arrays:
+            expected = fixture.arrays[name]
+            scale = max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0
+            rows.append(compare(name, value, expected, NETWORK_TOL * scale))
+    return rows
+
+
+def verify_c51(fixture: Fixture) -> list[Row]:
+    def t(key):
+        return torch.from_numpy(fixture.get(key))
+
+    z = t("input/target_support")
+    gamma = t("input/cumulative_gamma") * (1.0 - t("input/terminals").to(torch.float32))
+    supports = t("input/rewards")[:, None] + gamma[:, None] * z
+    projected = tl.categorical_target(
+        t("input/rewards"), t("input/cumulative_gamma"), t("input/terminals"),
+        t("input/weights"), z,
+    )  # fmt: skip
+    return [
+        compare("gamma_with_terminal", gamma.numpy(), fixture.get("gamma_with_terminal"), 0.0),
+        # XLA fuses R + g z into one rounding; torch rounds twice (a few float32 ulps).
+        compare("supports", supports.numpy(), fixture.get("supports"), 1e-5),
+        compare("projected", projected.numpy(), fixture.get("projected"), C51_TOL),
+    ]
+
+
+def run(args) -> int:
+    """Entry point of ``bbf-crosscheck torch``; exit status 0 / 1 / 2 as ``verify``."""
+    if args.gin_files or not args.files:
+        print(
+            "error: bbf-crosscheck torch needs fixture files (the --gin_files mode, "
+            "comparing against a freshly initialised bbf_jax, is not available yet)",
+            file=sys.stderr,
+        )
+        return 2
+    tr.set_parity_numerics()
+    status = 0
+    for f in args.files:
+        try:
+            fixture = load_fixture(f)
+            kind = _kind(fixture)
+            rows = verify_network(fixture) if kind == "network" else verify_c51(fixture)
+        except FixtureError as e:
+            print(f"error: {e}", file=sys.stderr)
+            status = max(status, 2)
+            continue
+        if not rows:
+            print(f"error: {f}: nothing to compare", file=sys.stderr)
+            status = max(status, 2)
+            continue
+        print(f"== {f} (kind {kind}, PyTorch reference)")
+        print(format_rows(rows))
+        bad = [r for r in rows if not r.ok]
+        print(f"{len(rows) - len(bad)} passed, {len(bad)} failed")
+        if bad:
+            status = max(status, 1)
+    return status

@@ -1,0 +1,110 @@
+"""The evaluation protocol (spec §9.5): one episode on each of N fresh envs, in parallel.
+
+The envs are a plain list of :class:`AtariEnv` stepped in turn. ale-py's C++ vector
+env (``ale_py.vector_env.AtariVectorEnv``) is not used, because it does not give the
+official semantics: with ``life_loss_info=True`` it still emulates all four frames of
+a step in which a life is lost, where Dopamine breaks off the frame skip (on Breakout
+with a fixed random action sequence the two emulators are one frame apart from the
+first life loss on: episode frame 212 against 211 at step 52, and every observation
+after it differs); it also draws no-op counts from its own RNG and cannot apply the
+reset-again rule of spec §9.3. The speed it would buy is small next to the network's
+forward pass in evaluation: ``benchmarks/env_throughput.py`` measured on a 2-core CPU
+about 4,000 agent steps/s for a list of 100 ``AtariEnv`` on one core against about
+3,200 (one thread) and 6,300 (two threads) for the vector env in the platform notes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+import tqdm
+
+from bbf_jax.config import EnvConfig
+from bbf_jax.envs.atari import SCREEN_SIZE, AtariEnv
+from bbf_jax.envs.frame_stack import FrameStack
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    """Raw (unclipped) return and length (agent steps) of each episode, by env index."""
+
+    returns: list[float]
+    lengths: list[int]
+
+    @property
+    def mean_return(self) -> float:
+        return float(np.mean(self.returns))
+
+
+def env_seeds(seed: int, num_envs: int) -> list[int]:
+    """Distinct, deterministic ``AtariEnv`` seeds for ``num_envs`` envs of one run."""
+    children = np.random.SeedSequence(seed).spawn(num_envs)
+    return [int(c.generate_state(1)[0]) for c in children]
+
+
+def evaluate(
+    game: str,
+    config: EnvConfig | None,
+    num_episodes: int,
+    select_actions: Callable[[np.ndarray], np.ndarray],
+    rng: np.random.Generator,
+    seed: int,
+    progress: bool = False,
+) -> EvalResult:
+    """Runs the official evaluation (spec §9.5, runner of §9.2 with ``one_to_one``).
+
+    ``num_episodes`` new envs are built and reset in index order, each with its own
+    no-op count drawn from ``rng``. Each loop iteration calls ``select_actions`` once
+    with the stacks of the envs still running, (N_live, 84, 84, 4) uint8 in env index
+    order, and expects (N_live,) integer actions (epsilon and the network are the
+    caller's). A terminal (life loss included) zeroes that env's stack before the new
+    frame is pushed; game over or ``config.max_steps_per_episode`` steps finishes the
+    env's episode and removes it from the batch.
+
+    Args:
+      game: Atari 100k game name.
+      config: environment protocol (``EnvConfig()`` if None).
+      num_episodes: episodes, one per env (100 officially).
+      select_actions: the policy callback.
+      rng: draws the no-op counts.
+      seed: run seed; the envs' emulator seeds derive from it.
+      progress: show a progress bar over finished episodes.
+
+    Returns:
+      EvalResult, episodes listed by env index.
+    """
+    if num_episodes < 1:
+        raise ValueError(f"evaluate needs num_episodes >= 1, got {num_episodes}")
+    envs = [AtariEnv(game, config, s) for s in env_seeds(seed, num_episodes)]
+    stack = FrameStack(num_episodes)
+    stack.push(np.stack([env.reset(rng) for env in envs]))
+    live = list(range(num_episodes))
+    returns: list[float] = [0.0] * num_episodes
+    lengths: list[int] = [0] * num_episodes
+    bar = tqdm.tqdm(total=num_episodes, desc=f"eval {envs[0].game}", disable=not progress)
+    while live:
+        actions = np.asarray(select_actions(stack.state))
+        if actions.shape != (len(live),):
+            raise ValueError(
+                f"select_actions returned shape {actions.shape} for {len(live)} live envs; "
+                f"expected ({len(live)},)"
+            )
+        frames = np.empty((len(live), SCREEN_SIZE, SCREEN_SIZE), np.uint8)
+        running = np.ones(len(live), bool)
+        for b, i in enumerate(live):
+            result = envs[i].step(actions[b])
+            frames[b] = result.observation
+            if result.episode_over:
+                returns[i], lengths[i] = envs[i].episode_return, envs[i].episode_length
+                envs[i] = None  # frees the emulator
+                running[b] = False
+                bar.update(1)
+            elif result.terminal:
+                stack.zero(b)
+        stack.push(frames)
+        stack.keep(running)
+        live = [i for i, r in zip(live, running, strict=True) if r]
+    bar.close()
+    return EvalResult(returns, lengths)

@@ -1,0 +1,59 @@
+"""Host-side writers of run logs: CSV files and TensorBoard event files."""
+
+from __future__ import annotations
+
+import csv
+import pathlib
+
+
+class CsvLog:
+    """Append-only CSV with a fixed header, safe to resume.
+
+    On resume, rows whose ``agent_step`` is beyond the checkpoint are dropped (they
+    were written after the checkpoint by a run that was then killed).
+    """
+
+    def __init__(self, path: pathlib.Path, fields: list[str]):
+        self.path = pathlib.Path(path)
+        self.fields = list(fields)
+        if not self.path.exists():
+            with self.path.open("w", newline="") as f:
+                csv.writer(f).writerow(self.fields)
+
+    def truncate_after(self, agent_step: int) -> None:
+        with self.path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        keep = [r for r in rows if int(float(r["agent_step"])) <= agent_step]
+        with self.path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, self.fields, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(keep)
+
+    def write(self, row: dict) -> None:
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, self.fields, extrasaction="ignore").writerow(
+                {k: _fmt(row.get(k, "")) for k in self.fields}
+            )
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.7g}"
+    return v
+
+
+class TensorBoard:
+    """Scalar summaries in ``base_dir/tb`` (tensorboardX); events past a resumed step
+    are purged so curves do not double back."""
+
+    def __init__(self, base_dir: pathlib.Path, purge_step: int | None = None):
+        from tensorboardX import SummaryWriter
+
+        self._writer = SummaryWriter(str(pathlib.Path(base_dir) / "tb"), purge_step=purge_step)
+
+    def scalars(self, step: int, values: dict) -> None:
+        for k, v in values.items():
+            self._writer.add_scalar(k, float(v), step)
+
+    def close(self) -> None:
+        self._writer.close()

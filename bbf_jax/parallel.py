@@ -1,0 +1,203 @@
+"""Data-parallel training over a 1-D device mesh (pmap semantics with ``jit`` + sharding).
+
+Semantics are those of the classic ``pmap`` data-parallel update: parameters, target
+and optimizer state are replicated on every device; the ``B`` rows of each gradient
+step's minibatch are split over the ``D`` devices; gradients and metrics are averaged
+over the devices (``pmean``) before the optimizer; the ``G`` grouped steps stay one
+``lax.scan`` in one dispatch.
+
+Why ``jax.jit`` with ``NamedSharding`` over a mesh, and not ``pmap`` or ``shard_map``:
+
+* ``pmap`` is the legacy API. Since JAX 0.8 it is itself implemented with ``jit`` and
+  ``shard_map``, its docstring points to ``jax.shard_map``, and the pmap-era helpers
+  (``device_put_replicated``) are gone. New code should use ``jit`` over a mesh or
+  ``shard_map``.
+* With ``jit`` the learner's single-device code runs unchanged: the batch axis of
+  :class:`~bbf_jax.learner.TrainBatch` is sharded, the state replicated, and the XLA
+  partitioner turns the global-batch mean of the loss into per-device partial sums plus
+  one all-reduce, i.e. the ``pmean`` of per-device gradients (equal shards). The metrics
+  are global-batch means the same way.
+* Random draws keep their global meaning. The per-example network keys
+  ``split(rng, B)`` and the DrQ draws over all ``B * T`` images are the single-device
+  ones (``jax_threefry_partitionable`` makes them independent of the sharding), so 1,
+  2 and 4 devices compute the same update up to float summation order. ``shard_map``
+  would instead need per-device key slicing inside the learner to reproduce them.
+
+The mesh axis is :data:`DATA_AXIS` with ``AxisType.Auto``: ``jax.make_mesh`` defaults to
+``Explicit`` axes, under which sharded batch dimensions become part of array types and
+the learner's reshapes (e.g. merging batch and time for augmentation) would need
+explicit sharding annotations.
+
+Multi-host: after :func:`maybe_initialize_distributed` every process runs the same
+program; the mesh spans the first ``num_devices`` local devices of every process, each
+process feeds its own ``B / P`` rows of every minibatch (from its own replay), and the
+state is replicated everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from bbf_jax.learner import Learner, TrainBatch, to_train_batch
+
+DATA_AXIS = "data"
+
+
+# ------------------------------------------------------------------ process setup
+def maybe_initialize_distributed(
+    coordinator_address: str | None, num_processes: int = 1, process_id: int = 0
+) -> bool:
+    """Joins a multi-process JAX job when ``coordinator_address`` is given.
+
+    Must run before any other JAX call of the process. Every process of the job calls
+    it with the same ``coordinator_address`` (``host:port`` of process 0) and
+    ``num_processes`` and its own ``process_id``. Returns True if it initialised,
+    False (and does nothing) when ``coordinator_address`` is None or empty.
+    """
+    if not coordinator_address:
+        return False
+    if num_processes < 1:
+        raise ValueError(f"num_processes must be >= 1, got {num_processes}")
+    if not 0 <= process_id < num_processes:
+        raise ValueError(f"process_id must be in [0, {num_processes}), got {process_id}")
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+    )
+    return True
+
+
+# ------------------------------------------------------------------------- mesh
+def make_mesh(num_devices: int = 0, devices: Sequence[Any] | None = None) -> Mesh:
+    """1-D mesh over ``num_devices`` devices of every process (0: all local devices).
+
+    ``RunConfig.num_devices`` counts devices per process; with P processes the mesh has
+    ``P * num_devices`` devices, ordered by process so that each process's devices hold
+    a contiguous block of every minibatch. ``devices`` overrides the choice (one
+    process only).
+    """
+    if devices is None:
+        local = jax.local_device_count()
+        if num_devices < 0 or num_devices > local:
+            raise ValueError(
+                f"num_devices={num_devices} is not in [0, {local}] (0 means all "
+                f"{local} local devices)"
+            )
+        per_process = num_devices or local
+        by_process: dict[int, list] = {}
+        for device in jax.devices():
+            by_process.setdefault(device.process_index, []).append(device)
+        devices = [
+            d
+            for p in sorted(by_process)
+            for d in sorted(by_process[p], key=lambda d: d.id)[:per_process]
+        ]
+    devices = list(devices)
+    if not devices:
+        raise ValueError("make_mesh needs at least one device")
+    return Mesh(np.array(devices), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Sharding of a value that every device holds whole."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding of a ``(G, B, ...)`` group: axis 1 (the minibatch rows) over the mesh."""
+    return NamedSharding(mesh, PartitionSpec(None, DATA_AXIS))
+
+
+def check_batch_size(batch_size: int, mesh: Mesh) -> None:
+    """Raises ValueError unless the global minibatch splits evenly over the mesh."""
+    if batch_size % mesh.size:
+        raise ValueError(
+            f"AgentConfig.batch_size={batch_size} does not divide over {mesh.size} devices "
+            f"(data parallelism splits every minibatch evenly); use a multiple of {mesh.size} "
+            "or change RunConfig.num_devices"
+        )
+
+
+# ------------------------------------------------------------------ placement
+def replicate(tree, mesh: Mesh):
+    """Copies every leaf of ``tree`` (e.g. a TrainState) whole onto every mesh device.
+
+    With several processes each one passes the same value (same seed), and each holds
+    the copies on its own devices.
+    """
+    sharding = replicated(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree.map(put, tree)
+
+
+def shard_batch(batch: TrainBatch, mesh: Mesh) -> TrainBatch:
+    """Places a ``(G, B_local, ...)`` host batch with its rows split over the mesh.
+
+    One process: ``B_local`` is the global minibatch size ``B``. P processes: each
+    passes its own ``B / P`` rows; the global array is their concatenation in process
+    order. Raises ValueError if the global ``B`` does not divide over the mesh.
+    """
+    local_rows = np.shape(batch.state)[1]
+    global_rows = local_rows * jax.process_count()
+    check_batch_size(global_rows, mesh)
+    sharding = batch_sharding(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(batch, sharding)
+
+    def put(x):
+        x = np.asarray(x)
+        shape = (x.shape[0], global_rows) + x.shape[2:]
+        return jax.make_array_from_process_local_data(sharding, x, shape)
+
+    return jax.tree.map(put, batch)
+
+
+def make_put_fn(
+    mesh: Mesh, batches_to_group: int, batch_size: int
+) -> Callable[[Any], TrainBatch]:
+    """``put_fn`` for :class:`~bbf_jax.replay.BatchPipeline`: host sample -> sharded batch.
+
+    ``batch_size`` is the global minibatch size B. Each process's replay samples
+    ``G * B / P`` rows, which :func:`~bbf_jax.learner.to_train_batch` groups into
+    ``(G, B / P, ...)`` (importance weights normalised over that local sample) before
+    :func:`shard_batch` places them.
+    """
+    check_batch_size(batch_size, mesh)
+    local_batch = batch_size // jax.process_count()
+
+    def put(sample) -> TrainBatch:
+        return shard_batch(to_train_batch(sample, batches_to_group, local_batch), mesh)
+
+    return put
+
+
+# ------------------------------------------------------------------ the update
+def make_parallel_train_steps(learner: Learner, mesh: Mesh) -> Callable:
+    """Jitted data-parallel :meth:`~bbf_jax.learner.Learner.train_steps`.
+
+    Same signature and results as ``learner.train_steps(state, batches, hparams)``:
+    ``state`` and ``hparams`` replicated (copied if they are not yet), ``batches``
+    ``(G, B, ...)`` sharded as by :func:`shard_batch`. The new state comes back
+    replicated; metrics as the partitioner lays them out (scalars replicated,
+    ``dqn_loss_per_sample`` split like the batch). The state is donated off CPU.
+    """
+    check_batch_size(learner.agent.batch_size, mesh)
+    donate = () if jax.default_backend() == "cpu" else (0,)
+    return jax.jit(
+        learner.train_steps,
+        in_shardings=(replicated(mesh), batch_sharding(mesh), replicated(mesh)),
+        out_shardings=(replicated(mesh), None),
+        donate_argnums=donate,
+    )

@@ -1,0 +1,127 @@
+"""``bbf-report``: aggregate final scores of runs, or plot their learning curves.
+
+  bbf-report [RUN_DIR_OR_EVAL_JSON ...] [--compare official-rr2|official-rr8|DIR ...]
+             [--out DIR] [--reps N] [--seed S]
+  bbf-report --curves RUN_DIR ... [--out DIR]
+
+Run directories are searched recursively for eval.json. ``--compare`` takes either one
+official set (shipped with bbf_jax) or directories/files of eval.json forming one comparison
+set; put it after the runs. With no runs, the comparison set is reported alone. The last line
+printed is ``iqm: <value> [<low>, <high>]`` of the first set.
+
+Exit status: 0 on success, 2 on an input or argument that cannot be used (one clear line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import shlex
+import sys
+
+from bbf_jax.report.runs import OFFICIAL_SETS, ReportInputError
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bbf-report", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help="run directories (searched recursively for eval.json) or eval.json files")
+    p.add_argument("--compare", nargs="+", metavar="SET",
+                   help=f"{' or '.join(OFFICIAL_SETS)}, or run directories/eval.json files")
+    p.add_argument("--out", default="report", type=pathlib.Path,
+                   help="output directory (default: %(default)s)")
+    p.add_argument("--reps", default=5000, type=_positive_int,
+                   help="bootstrap resamples (default: %(default)s)")
+    p.add_argument("--seed", default=0, type=int, help="bootstrap seed (default: %(default)s)")
+    p.add_argument("--curves", action="store_true",
+                   help="plot learning curves of the given run directories instead")
+    return p
+
+
+def _compare_set(values: list[str]):
+    from bbf_jax.report.runs import collect_runs, load_official
+    from bbf_jax.report.scoreset import ScoreSet
+
+    official = [v for v in values if v.startswith("official-")]
+    if official:
+        if len(values) != 1:
+            raise ReportInputError(
+                f"--compare takes one official set alone, got {' '.join(values)}")
+        return ScoreSet(values[0], tuple(load_official(values[0])))
+    return ScoreSet("compare", tuple(collect_runs(values)))
+
+
+def _report(args, command: str) -> int:
+    from bbf_jax.report.analysis import analyse
+    from bbf_jax.report.output import write_report
+    from bbf_jax.report.runs import collect_runs
+    from bbf_jax.report.scoreset import ScoreSet
+
+    sets = []
+    if args.paths:
+        sets.append(ScoreSet("runs", tuple(collect_runs(args.paths))))
+    if args.compare:
+        sets.append(_compare_set(args.compare))
+    if not sets:
+        raise ReportInputError("nothing to report: give run directories and/or --compare")
+    analysis = analyse(sets, reps=args.reps, seed=args.seed)
+    for r in analysis.results:
+        print(r.note)
+    for r in analysis.results:
+        for metric, e in r.aggregates.items():
+            print(f"{r.scores.name} {metric}: {e.value:.3f} [{e.low:.3f}, {e.high:.3f}]")
+    if analysis.poi is not None:
+        a, b = (r.scores.name for r in analysis.results)
+        e = analysis.poi
+        print(f"P({a} > {b}): {e.value:.3f} [{e.low:.3f}, {e.high:.3f}]")
+    for path in write_report(analysis, args.out, command):
+        print(f"wrote {path}")
+    e = analysis.results[0].aggregates["iqm"]
+    print(f"iqm: {e.value:.3f} [{e.low:.3f}, {e.high:.3f}]")
+    return 0
+
+
+def _curves(args) -> int:
+    from bbf_jax.report.curves import curve_file_name, find_run_dirs, plot_run_curves
+
+    if args.compare or not args.paths:
+        raise ReportInputError("--curves takes run directories only (and --out)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    written = 0
+    for run_dir in find_run_dirs(args.paths):
+        path = args.out / curve_file_name(run_dir, used)
+        ok, notes = plot_run_curves(run_dir, path)
+        for note in notes:
+            print(f"note: {note}")
+        if ok:
+            written += 1
+            print(f"wrote {path}")
+    if not written:
+        raise ReportInputError("no learning curve could be plotted (see the notes above)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
+    try:
+        if args.curves:
+            return _curves(args)
+        return _report(args, shlex.join(["bbf-report", *argv]))
+    except (ReportInputError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Learning curves of runs from the runner's logs, as PNG.
+
+A run directory (the runner's ``base_dir``) holds
+
+* ``episodes.csv``: one row per finished training episode, columns ``agent_step``,
+  ``episode_return``, ``episode_length``;
+* ``train_log.csv``: one row per logged training step, column ``agent_step`` plus metric
+  columns such as ``TotalLoss``, ``DQNLoss``, ``SPRLoss``, ``TDError``, ``GradNorm``.
+
+Either file may instead be JSON Lines (``episodes.jsonl``, ``train_log.jsonl``: one object
+per line with the same keys). The reader is tolerant: every numeric column other than
+``agent_step`` is plotted against ``agent_step``, blank or non-numeric cells are skipped,
+and a missing file or column is reported in the returned notes instead of failing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import pathlib
+import re
+
+import numpy as np
+from matplotlib.figure import Figure
+
+LOGS = ("episodes", "train_log")
+X = "agent_step"
+RETURN = "episode_return"
+SMOOTHING_EPISODES = 10  # window of the running mean drawn over episode returns
+
+
+def _to_float(v) -> float:
+    if isinstance(v, bool):
+        return float("nan")
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def read_log(path: pathlib.Path) -> dict[str, np.ndarray]:
+    """Numeric columns of a .csv or .jsonl log -> name: (rows,) float64, NaN where blank.
+
+    Columns with no numeric cell at all are dropped. Raises ValueError naming the file
+    (and line, for JSON Lines) when it cannot be parsed.
+    """
+    with path.open(newline="") as f:
+        if path.suffix == ".jsonl":
+            rows = []
+            for i, line in enumerate(f, start=1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"{path}:{i}: not valid JSON: {e}") from None
+                    if not isinstance(rows[-1], dict):
+                        raise ValueError(f"{path}:{i}: each line must be a JSON object")
+        else:
+            rows = list(csv.DictReader(f))
+    names = list(dict.fromkeys(k for r in rows for k in r if k))
+    cols = {k: np.array([_to_float(r.get(k)) for r in rows]) for k in names}
+    return {k: v for k, v in cols.items() if np.isfinite(v).any()}
+
+
+def _find_log(run_dir: pathlib.Path, stem: str) -> pathlib.Path | None:
+    for suffix in (".csv", ".jsonl"):
+        if (run_dir / f"{stem}{suffix}").is_file():
+            return run_dir / f"{stem}{suffix}"
+    return None
+
+
+def find_run_dirs(paths) -> list[pathlib.Path]:
+    """Run directories under ``paths``: every directory holding a log (searched recursively).
+
+    A given directory with no log anywhere below it is returned itself, so that the
+    missing files are reported for it.
+    """
+    found: set[pathlib.Path] = set()
+    for p in map(pathlib.Path, paths):
+        if not p.is_dir():
+            raise ValueError(f"{p}: not a directory")
+        hits = {f.parent for stem in LOGS for suffix in (".csv", ".jsonl")
+                for f in p.rglob(f"{stem}{suffix}")}
+        found |= hits or {p}
+    return sorted(found)
+
+
+def running_mean(x: np.ndarray, window: int) -> np.ndarray:
+    """Mean of the last ``window`` values (fewer at the start): (n,) -> (n,)."""
+    c = np.concatenate([[0.0], np.cumsum(x)])
+    i = np.arange(len(x))
+    w = np.minimum(i + 1, window)
+    return (c[i + 1] - c[i + 1 - w]) / w
+
+
+def _series(cols: dict[str, np.ndarray], name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(agent_step, value) rows where both are finite, sorted by agent_step."""
+    x, y = cols[X], cols[name]
+    ok = np.isfinite(x) & np.isfinite(y)
+    order = np.argsort(x[ok], kind="stable")
+    return x[ok][order], y[ok][order]
+
+
+def _load(run_dir: pathlib.Path, stem: str, need: tuple[str, ...], notes: list[str]):
+    path = _find_log(run_dir, stem)
+    if path is None:
+        notes.append(f"{run_dir}: no {stem}.csv (or {stem}.jsonl); not plotted")
+        return None
+    try:
+        cols = read_log(path)
+    except (OSError, UnicodeDecodeError, ValueError, csv.Error) as e:
+        notes.append(f"{path}: unreadable ({e}); not plotted")
+        return None
+    missing = [c for c in need if c not in cols]
+    if missing:
+        notes.append(f"{path}: no numeric column(s) {', '.join(missing)}; not plotted")
+        return None
+    return cols
+
+
+def plot_run_curves(run_dir: pathlib.Path, out_path: pathlib.Path) -> tuple[bool, list[str]]:
+    """Plot episode returns and every train_log metric of one run against agent steps.
+
+    Returns:
+      (whether ``out_path`` was written, notes about missing files or columns).
+    """
+    notes: list[str] = []
+    episodes = _load(run_dir, "episodes", (X, RETURN), notes)
+    train = _load(run_dir, "train_log", (X,), notes)
+    metrics = [c for c in train if c != X] if train is not None else []
+    if train is not None and not metrics:
+        notes.append(f"{run_dir}: train_log has no metric column besides {X}; not plotted")
+    panels = ([RETURN] if episodes is not None else []) + metrics
+    if not panels:
+        return False, notes
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig = Figure(figsize=(4.2 * ncols, 3.0 * nrows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False).ravel())
+    for ax, name in zip(axes, panels, strict=False):
+        if name == RETURN:
+            x, y = _series(episodes, RETURN)
+            ax.plot(x, y, ".", alpha=0.3, markersize=3, label="episode")
+            ax.plot(x, running_mean(y, SMOOTHING_EPISODES), label=f"mean of {SMOOTHING_EPISODES}")
+            ax.legend(fontsize="small")
+        else:
+            ax.plot(*_series(train, name))
+        ax.set_title(name)
+        ax.set_xlabel(X)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(str(run_dir))
+    fig.savefig(out_path, dpi=100)
+    return True, notes
+
+
+def curve_file_name(run_dir: pathlib.Path, used: set[str]) -> str:
+    """'curves_<last two path parts>.png', made unique within ``used``."""
+    stem = "curves_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", "_".join(run_dir.resolve().parts[-2:]))
+    name, k = f"{stem}.png", 1
+    while name in used:
+        k += 1
+        name = f"{stem}_{k}.png"
+    used.add(name)
+    return name

@@ -1,0 +1,347 @@
+"""The Atari 100k training loop (spec §9.2, §11): host state at the edges, math in jit.
+
+Order of operations in one agent step ``i`` (``training_steps = i`` on entry), as in
+the official agent and runner:
+
+1. train, if ``add_count > min_replay_history`` and ``i % update_period == 0``:
+   per dispatch, take the prefetched group, run G gradient steps, start sampling the
+   next group (n and gamma of the new cycle step), then update priorities;
+2. reset check on ``i`` (shrink-and-perturb, schedules restart);
+3. act with epsilon(i + 1) (target network for BBF);
+4. step the env; store ``(o_t, a_t, clip(r_t), d_t, episode_end)``; on episode end
+   reset the env with random no-ops and zero the stack, on a life loss zero the stack.
+
+The official stop test is ``total_steps > num_train_steps``, so ``num_train_steps + 1``
+agent steps run (spec §9.4). Evaluation follows (spec §9.5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+import bbf_jax
+from bbf_jax import checkpoint as ckpt
+from bbf_jax import metrics_io, parallel, resets, schedules
+from bbf_jax.acting import select_actions
+from bbf_jax.atari_games import human_normalized_score
+from bbf_jax.config import ExperimentConfig, derive
+from bbf_jax.envs import AtariEnv, FrameStack, clip_reward, evaluate
+from bbf_jax.learner import HParams, make_learner
+from bbf_jax.replay import BatchPipeline, ReplaySample, SubsequenceReplay, priorities_to_set
+
+SCALAR_METRICS = ("TotalLoss", "DQNLoss", "TDError", "SPRLoss", "GradNorm", "PNorm")
+
+
+def fingerprint(cfg: ExperimentConfig) -> dict:
+    """What a resumed run must share with its checkpoint (budgets and intervals may change)."""
+    run = dataclasses.asdict(cfg.run)
+    for k in ("num_train_steps", "num_eval_episodes", "eval_every", "log_every",
+              "checkpoint_every"):
+        run.pop(k)
+    fp = {name: dataclasses.asdict(getattr(cfg, name))
+          for name in ("network", "agent", "reset", "replay", "env")}
+    fp["run"] = run
+    return json.loads(json.dumps(fp, default=list))
+
+
+class Runner:
+    """One training run of one game and seed, writing everything under ``base_dir``.
+
+    Args:
+      cfg: the experiment configuration.
+      base_dir: output folder (logs, checkpoints, eval.json); an existing checkpoint
+        there is resumed.
+      config_files: names of the gin files, recorded in eval.json.
+      progress: show a progress bar.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, base_dir, config_files=(), progress: bool = True):
+        self.cfg = cfg
+        self.base_dir = pathlib.Path(base_dir)
+        self.config_files = [pathlib.Path(f).name for f in config_files]
+        self.progress = progress
+        self.derived = derive(cfg.agent, n_envs=1)
+        seed = cfg.run.seed
+        self.env = AtariEnv(cfg.env.game, cfg.env, seed=seed)
+        self.learner = make_learner(cfg.agent, cfg.network, self.env.num_actions)
+        self.mesh = parallel.make_mesh(cfg.run.num_devices)
+        self.train_fn = parallel.make_parallel_train_steps(self.learner, self.mesh)
+        put = parallel.make_put_fn(self.mesh, self.derived.batches_to_group, cfg.agent.batch_size)
+        # The device batch, plus the host indices its priorities are written back to.
+        self.put_batch = lambda sample: (put(sample), sample.indices)
+        self.state = parallel.replicate(self.learner.init(seed), self.mesh)
+        host_seeds = np.random.SeedSequence(seed).spawn(2)
+        self.noop_rng = np.random.default_rng(host_seeds[0])
+        self.replay = SubsequenceReplay.from_config(
+            cfg.replay, self.derived, n_envs=1, seed=int(host_seeds[1].generate_state(1)[0])
+        )
+        self.pipeline: BatchPipeline | None = None
+        self.hparams = HParams(
+            jnp.float32(cfg.agent.target_update_tau),
+            jnp.float32(cfg.agent.learning_rate),
+            jnp.float32(cfg.agent.encoder_learning_rate),
+        )
+        network = self.learner.network
+        self._select = jax.jit(
+            lambda params, states, key, eps: select_actions(network, params, states, key, eps)
+        )
+        self._reset = jax.jit(lambda s: resets.reset_state(self.learner, s, cfg.reset))
+        self.stack = FrameStack(1, cfg.replay.stack_size)
+        # Loop counters (host side).
+        self.agent_step = 0
+        self.grad_steps = 0
+        self.cycle_step = 0
+        self.next_reset = schedules.first_next_reset(cfg.reset)
+        self.num_resets = 0
+        self.episodes = 0
+        self.frame = None  # newest raw frame of the current state (o_t)
+        self._log_acc: dict[str, list] = {}
+
+    # --------------------------------------------------------------- setup
+    def _pipeline(self) -> BatchPipeline:
+        if self.pipeline is None:
+            group = self.derived.group_size
+            self.pipeline = BatchPipeline(
+                lambda n, gamma: self.replay.sample(group, n, gamma),
+                self.put_batch,
+                mode=self.cfg.replay.prefetch,
+            )
+        return self.pipeline
+
+    def _start_episode(self) -> None:
+        self.frame = self.env.reset(self.noop_rng)
+        self.stack.zero(0)
+        self.stack.push(self.frame[None])
+
+    # ------------------------------------------------------------ training
+    def _schedule(self) -> tuple[int, float]:
+        a = self.cfg.agent
+        return schedules.update_horizon_at(self.cycle_step, a), schedules.gamma_at(
+            self.cycle_step, a
+        )
+
+    def _train_once(self) -> None:
+        pipeline = self._pipeline()
+        batch, indices = pipeline.get(*self._schedule())
+        self.state, metrics = self.train_fn(self.state, batch, self.hparams)
+        g = self.derived.batches_to_group
+        self.grad_steps += g
+        self.cycle_step += g
+        pipeline.launch(*self._schedule())  # sampled while the device computes
+        metrics = jax.device_get(metrics)
+        pipeline.sync()  # no buffer mutation while a sample is being drawn
+        if self.cfg.replay.prioritized:
+            idx, prios = priorities_to_set(
+                indices,
+                np.asarray(metrics["dqn_loss_per_sample"]).reshape(-1),
+                metrics["DQNLoss"],
+                self.cfg.replay.priority_update,
+            )
+            self.replay.update_priorities(idx, prios)
+        for k in SCALAR_METRICS:
+            self._log_acc.setdefault(k, []).append(float(np.mean(metrics[k])))
+
+    def _act(self, epsilon: float) -> int:
+        params = self.state.target if self.cfg.agent.target_action_selection else self.state.online
+        key, actions = self._select(params, self.stack.state, self.state.act_rng, jnp.float32(epsilon))
+        self.state = self.state.replace(act_rng=key)
+        return int(actions[0])
+
+    def step(self) -> dict | None:
+        """One agent step (train, reset check, act, env step, store); returns the
+        finished episode's stats, if any."""
+        a = self.cfg.agent
+        i = self.agent_step
+        if self.replay.add_count > a.min_replay_history and i % self.derived.update_period == 0:
+            for _ in range(self.derived.dispatches_per_update):
+                self._train_once()
+        if self.cfg.reset.reset_every > 0:
+            do_reset, self.next_reset = schedules.reset_check(i, self.next_reset, self.cfg.reset)
+            if do_reset:
+                self.state = self._reset(self.state)
+                self.cycle_step = 0
+                self.num_resets += 1
+        action = self._act(schedules.epsilon_at(i + 1, a))
+        result = self.env.step(action)
+        self.replay.add(
+            self.frame[None], [action], [clip_reward(result.reward)], [result.terminal],
+            [result.episode_over],
+        )
+        episode = None
+        if result.episode_over:
+            episode = {"agent_step": i + 1, "episode_return": self.env.episode_return,
+                       "episode_length": self.env.episode_length}
+            self.episodes += 1
+            self._start_episode()
+        else:
+            if result.terminal:
+                self.stack.zero(0)
+            self.frame = result.observation
+            self.stack.push(self.frame[None])
+        self.agent_step += 1
+        return episode
+
+    # ---------------------------------------------------------- evaluation
+    def evaluate(self, num_episodes: int) -> dict:
+        """The official evaluation (spec §9.5) with the acting network and epsilon_eval."""
+        cfg = self.cfg
+        params = self.state.target if cfg.agent.target_action_selection else self.state.online
+        key = jax.random.fold_in(jax.random.PRNGKey(cfg.run.seed), 2 + self.agent_step)
+        eps = jnp.float32(cfg.agent.epsilon_eval)
+
+        def policy(states):
+            nonlocal key
+            n = states.shape[0]
+            bucket = 1 << (n - 1).bit_length()  # few shapes -> few compilations
+            padded = np.zeros((bucket,) + states.shape[1:], states.dtype)
+            padded[:n] = states
+            key, actions = self._select(params, padded, key, eps)
+            return np.asarray(actions)[:n]
+
+        result = evaluate(
+            cfg.env.game, cfg.env, num_episodes, policy,
+            np.random.default_rng([cfg.run.seed, self.agent_step]), seed=cfg.run.seed,
+            progress=self.progress,
+        )
+        mean = float(np.mean(result.returns))
+        return {
+            "game": self.env.game,
+            "seed": cfg.run.seed,
+            "agent_steps": self.agent_step,
+            "grad_steps": self.grad_steps,
+            "eval_episodes": num_episodes,
+            "returns": [float(r) for r in result.returns],
+            "lengths": [int(n) for n in result.lengths],
+            "mean_return": mean,
+            "human_normalized_score": human_normalized_score(self.env.game, mean),
+            "config": self.config_files,
+            "bbf_jax_version": bbf_jax.__version__,
+        }
+
+    # ---------------------------------------------------------- checkpoints
+    def _save(self, checkpointer: ckpt.RunCheckpointer) -> None:
+        pending = self.pipeline.pending() if self.pipeline is not None else []
+        env_state = {k: np.asarray(v) for k, v in self.env.clone_state().items()}
+        host = {
+            "replay": ckpt.flat_to_tree(self.replay.state_dict()),
+            "pending": {str(j): dict(s._asdict()) for j, s in enumerate(pending)},
+            "env": env_state,
+            "stack": self.stack.state,
+            "frame": self.frame,
+        }
+        meta = {
+            "fingerprint": fingerprint(self.cfg),
+            "agent_step": self.agent_step,
+            "grad_steps": self.grad_steps,
+            "cycle_step": self.cycle_step,
+            "next_reset": self.next_reset,
+            "num_resets": self.num_resets,
+            "episodes": self.episodes,
+            "pipeline": self.pipeline is not None,
+            "noop_rng": self.noop_rng.bit_generator.state,
+            "log_acc": self._log_acc,
+        }
+        checkpointer.save(self.agent_step, jax.device_get(self.state), host, meta)
+
+    def _restore(self, checkpointer: ckpt.RunCheckpointer, step: int) -> None:
+        state, host, meta = checkpointer.restore(step, jax.device_get(self.state))
+        ckpt.check_fingerprint(meta["fingerprint"], fingerprint(self.cfg), checkpointer.directory)
+        self.state = parallel.replicate(state, self.mesh)
+        try:
+            self.replay.load_state_dict(ckpt.tree_to_flat(host["replay"]))
+            self.env.restore_state(host["env"])
+        except (KeyError, ValueError) as e:
+            raise ckpt.CheckpointError(f"checkpoint {step} does not fit this run: {e}") from None
+        self.stack.state[...] = host["stack"]
+        self.frame = np.asarray(host["frame"])
+        for k in ("agent_step", "grad_steps", "cycle_step", "next_reset", "num_resets",
+                  "episodes"):
+            setattr(self, k, int(meta[k]))
+        self.noop_rng.bit_generator.state = meta["noop_rng"]
+        self._log_acc = {k: list(v) for k, v in meta["log_acc"].items()}
+        if meta["pipeline"]:
+            samples = [ReplaySample(**host["pending"][str(j)]) for j in range(len(host["pending"]))]
+            self._pipeline().restore_pending(samples)
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> dict:
+        """Trains (resuming from ``base_dir`` if a checkpoint exists), evaluates, and
+        writes ``eval.json``; returns its content."""
+        cfg = self.cfg
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        checkpointer = ckpt.RunCheckpointer(self.base_dir)
+        latest = checkpointer.latest_step()
+        train_log = metrics_io.CsvLog(
+            self.base_dir / "train_log.csv",
+            ["agent_step", "grad_steps", "num_resets", "steps_per_second", *SCALAR_METRICS],
+        )
+        episode_log = metrics_io.CsvLog(
+            self.base_dir / "episodes.csv", ["agent_step", "episode_return", "episode_length"]
+        )
+        if latest is not None:
+            self._restore(checkpointer, latest)
+            train_log.truncate_after(self.agent_step)
+            episode_log.truncate_after(self.agent_step)
+        else:
+            self._start_episode()
+        tb = metrics_io.TensorBoard(self.base_dir, purge_step=self.agent_step or None)
+        total = cfg.run.num_train_steps + 1
+        bar = tqdm.tqdm(total=total, initial=self.agent_step, desc=f"train {self.env.game}",
+                        disable=not self.progress, unit="step", dynamic_ncols=True)
+        window_start, window_step = time.perf_counter(), self.agent_step
+        last_return = None
+        try:
+            while self.agent_step < total:
+                episode = self.step()
+                bar.update(1)
+                if episode is not None:
+                    episode_log.write(episode)
+                    tb.scalars(episode["agent_step"], {
+                        "Train/EpisodeReturn": episode["episode_return"],
+                        "Train/EpisodeLength": episode["episode_length"],
+                    })
+                    last_return = episode["episode_return"]
+                if self.agent_step % cfg.run.log_every == 0 and self._log_acc:
+                    now = time.perf_counter()
+                    sps = (self.agent_step - window_step) / max(now - window_start, 1e-9)
+                    window_start, window_step = now, self.agent_step
+                    row = {k: float(np.mean(v)) for k, v in self._log_acc.items()}
+                    self._log_acc = {}
+                    row.update(agent_step=self.agent_step, grad_steps=self.grad_steps,
+                               num_resets=self.num_resets, steps_per_second=sps)
+                    train_log.write(row)
+                    tb.scalars(self.agent_step, {f"Train/{k}": row[k] for k in
+                                                 (*SCALAR_METRICS, "steps_per_second")})
+                    bar.set_postfix(loss=f"{row['TotalLoss']:.3f}", ret=last_return, refresh=False)
+                if cfg.run.eval_every and self.agent_step % cfg.run.eval_every == 0 \
+                        and self.agent_step < total:
+                    result = self.evaluate(cfg.run.num_eval_episodes)
+                    with (self.base_dir / "evals.jsonl").open("a") as f:
+                        f.write(json.dumps(result) + "\n")
+                    tb.scalars(self.agent_step, {"Eval/AverageReturns": result["mean_return"]})
+                if cfg.run.checkpoint_every and self.agent_step % cfg.run.checkpoint_every == 0:
+                    self._save(checkpointer)
+            bar.close()
+            if checkpointer.latest_step() != self.agent_step:
+                self._save(checkpointer)
+            result = self.evaluate(cfg.run.num_eval_episodes)
+            tb.scalars(self.agent_step, {"Eval/AverageReturns": result["mean_return"],
+                                         "Eval/NormalizedScore": result["human_normalized_score"]})
+            tmp = self.base_dir / "eval.json.tmp"
+            tmp.write_text(json.dumps(result, indent=1))
+            tmp.replace(self.base_dir / "eval.json")
+            return result
+        finally:
+            bar.close()
+            tb.close()
+            if self.pipeline is not None:
+                self.pipeline.close()
+            checkpointer.close()
