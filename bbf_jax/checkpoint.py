@@ -126,7 +126,8 @@ def check_fingerprint(saved: dict, current: dict, directory) -> None:
     diff = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
     if diff:
         details = "; ".join(
-            f"{k}: checkpoint {json.dumps(saved.get(k))[:80]} vs now {json.dumps(current.get(k))[:80]}"
+            f"{k}: checkpoint {json.dumps(saved.get(k))[:80]} "
+            f"vs now {json.dumps(current.get(k))[:80]}"
             for k in diff
         )
         raise CheckpointError(

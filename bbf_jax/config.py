@@ -189,8 +189,9 @@ class ReplayConfig:
       nstep_bootstrap: 'official' bootstraps from the state one step early
         (google-research/google-research#1851, spec §4.5); 'corrected' is the
         textbook n-step target.
-      same_trajectory_mask: 'official' never masks batch row 0 (spec §4.6);
-        'corrected' masks every row.
+      same_trajectory_mask: 'official' never masks batch row 0 and also drops step j
+        when d_{t+j} is set (spec §4.6); 'corrected' masks every row, dropping step j
+        only if a terminal occurs among d_t..d_{t+j-1}.
       priority_update: 'official' sets only two priorities per call, from the
         minibatch-mean losses (spec §4.8); 'corrected' updates every sampled index
         with its own loss.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import pathlib
 from collections.abc import Sequence
 
@@ -9,12 +11,16 @@ import gin
 
 from bbf_jax import config as config_lib
 
+_SEARCH_PATHS: set[str] = set()
+
 
 class ConfigError(ValueError):
     """A gin file or binding that cannot be used (message names the problem)."""
 
 
-def parse(gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = ()) -> config_lib.ExperimentConfig:
+def parse(
+    gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = ()
+) -> config_lib.ExperimentConfig:
     """Clears gin, parses ``gin_files`` then ``gin_bindings``, and builds the configs.
 
     Raises:
@@ -25,14 +31,37 @@ def parse(gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = ()) -> co
         if not pathlib.Path(f).is_file():
             raise ConfigError(f"gin file not found: {f}")
     gin.clear_config()
+    for f in gin_files:  # `include 'X.gin'` resolves next to the including file
+        directory = str(pathlib.Path(f).resolve().parent)
+        if directory not in _SEARCH_PATHS:
+            gin.add_config_file_search_path(directory)
+            _SEARCH_PATHS.add(directory)
     try:
-        gin.parse_config_files_and_bindings(
-            list(gin_files), list(gin_bindings), skip_unknown=False, finalize_config=False
-        )
+        with _quiet_search_misses():
+            gin.parse_config_files_and_bindings(
+                list(gin_files), list(gin_bindings), skip_unknown=False, finalize_config=False
+            )
         return config_lib.make_experiment_config()
-    except (ValueError, TypeError, SyntaxError, KeyError) as e:
+    except (ValueError, TypeError, SyntaxError, KeyError, OSError) as e:
         msg = str(e).strip().splitlines()
-        raise ConfigError(f"bad gin configuration: {' '.join(m.strip() for m in msg if m.strip())}") from None
+        text = " ".join(m.strip() for m in msg if m.strip())
+        raise ConfigError(f"bad gin configuration: {text}") from None
+
+
+class _DropSearchMisses(logging.Filter):
+    def filter(self, record):
+        return not record.getMessage().startswith("Path not found:")
+
+
+@contextlib.contextmanager
+def _quiet_search_misses():
+    """gin logs an error for every search path an include is not in; those are noise."""
+    f = _DropSearchMisses()
+    logging.getLogger().addFilter(f)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(f)
 
 
 def operative_config() -> str:

@@ -151,7 +151,9 @@ class Runner:
 
     def _act(self, epsilon: float) -> int:
         params = self.state.target if self.cfg.agent.target_action_selection else self.state.online
-        key, actions = self._select(params, self.stack.state, self.state.act_rng, jnp.float32(epsilon))
+        key, actions = self._select(
+            params, self.stack.state, self.state.act_rng, jnp.float32(epsilon)
+        )
         self.state = self.state.replace(act_rng=key)
         return int(actions[0])
 

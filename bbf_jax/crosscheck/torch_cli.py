@@ -1,7 +1,10 @@
-"""``bbf-crosscheck torch FILE...``: recompute fixture outputs with the PyTorch reference.
+"""``bbf-crosscheck torch``: check the PyTorch reference against fixtures or bbf_jax.
 
-Supported fixture kinds: ``network`` (every ``out*/``, ``encode_project`` and
-``intermediate/`` array) and ``c51_projection``. Prints the same table as ``verify``.
+``torch FILE...`` recomputes fixture outputs with the PyTorch reference. Supported
+kinds: ``network`` (every ``out*/``, ``encode_project`` and ``intermediate/`` array),
+``losses`` (one training step per case, official README §4) and ``c51_projection``.
+``torch --gin_files F ...`` compares with a freshly initialised bbf_jax learner
+(:mod:`bbf_jax.crosscheck.torch_selfcheck`). Both print the same table as ``verify``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import torch
 
 from bbf_jax.crosscheck import torch_losses as tl
 from bbf_jax.crosscheck import torch_reference as tr
+from bbf_jax.crosscheck import torch_train
 from bbf_jax.crosscheck.fixture_io import (
     Fixture,
     FixtureError,
@@ -24,17 +28,28 @@ from bbf_jax.crosscheck.fixture_io import (
 
 NETWORK_TOL = 1e-5  # relative to max(1, |expected|), as verify
 C51_TOL = 1e-6
+LOSSES_TOL = 1e-5  # relative to max(1, |expected|), as kinds/losses.py
+LOSSES_SETTINGS = torch_train.StepSettings()  # the official call: spr 5, double DQN, tau 0.005
+AUG_NOTE = (
+    "pre-augmented input: torch cannot reproduce JAX's augmentation RNG, so the stored "
+    "augmented states are fed to the torch step"
+)
 
 
 def _kind(fixture: Fixture) -> str:
+    from bbf_jax.crosscheck.kinds import losses as losses_kind
+
     declared = fixture.meta.get("kind")
     stem = fixture.path.stem
+    if declared == "losses" or losses_kind.matches(fixture):
+        return "losses"
     if declared == "network" or stem.startswith("network") or "out/logits" in fixture.arrays:
         return "network"
     if declared == "c51_projection" or stem.startswith("c51_projection"):
         return "c51_projection"
     raise FixtureError(
-        f"{fixture.path.name}: the torch check supports network and c51_projection fixtures"
+        f"{fixture.path.name}: the torch check supports network, losses and c51_projection "
+        "fixtures"
     )
 
 
@@ -112,22 +127,98 @@ def verify_c51(fixture: Fixture) -> list[Row]:
     ]
 
 
+def _scaled_tol(expected: np.ndarray) -> float:
+    return LOSSES_TOL * (max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0)
+
+
+def losses_case_inputs(fixture: Fixture, case: str) -> torch_train.StepInputs:
+    """The inputs of one ``losses`` case as the official ``train`` slices them.
+
+    ``returns[:, 0]``, ``terminals[:, 0]``, ``discount[:, 0]``, ``raw_next_states[:, 0]``,
+    ``same_trajectory[:, 1:]``; the ``_aug`` case reuses the ``n3_g0.997`` inputs and takes
+    its network inputs from ``intermediate/states_processed`` and
+    ``intermediate/next_states_processed`` (see :data:`AUG_NOTE`).
+    """
+    inp = f"{case}/input/" if f"{case}/input/returns" in fixture.arrays else "n3_g0.997/input/"
+    if case.endswith("_aug"):
+        states = fixture.get(f"{case}/intermediate/states_processed")
+        next_states = fixture.get(f"{case}/intermediate/next_states_processed")
+    else:
+        states = torch_train.process_inputs(fixture.get("input/raw_states"))
+        next_states = torch_train.process_inputs(fixture.get("input/raw_next_states")[:, 0])
+    return torch_train.StepInputs(
+        online=fixture.subtree("params"),
+        target=fixture.subtree("target_params"),
+        states=states,
+        next_states=next_states,
+        actions=fixture.get("input/actions"),
+        returns=fixture.get(inp + "returns")[:, 0],
+        discounts=fixture.get(inp + "discount")[:, 0],
+        terminals=fixture.get(inp + "terminals")[:, 0],
+        same_trajectory=fixture.get(inp + "same_trajectory")[:, 1:],
+        loss_weights=fixture.get(inp + "loss_weights"),
+        support=fixture.get("input/support"),
+    )
+
+
+def verify_losses(fixture: Fixture) -> list[Row]:
+    """Rows for every stored output of every case, recomputed by the torch step."""
+    from bbf_jax.crosscheck.kinds import losses as losses_kind
+
+    params = fixture.subtree("params")
+    if not params or not fixture.subtree("target_params"):
+        raise FixtureError(f"{fixture.path.name}: needs params/* and target_params/*")
+    config, num_actions = losses_kind.infer_network(params)
+    cases = [c for c in losses_kind.CASES if any(k.startswith(c + "/") for k in fixture.arrays)]
+    if not cases:
+        raise FixtureError(
+            f"{fixture.path.name}: none of the cases {list(losses_kind.CASES)} is present"
+        )
+    rows: list[Row] = []
+    for case in cases:
+        inputs = losses_case_inputs(fixture, case)
+        try:
+            outputs = torch_train.train_step_outputs(inputs, config, num_actions, LOSSES_SETTINGS)
+        except ValueError as e:
+            raise FixtureError(f"{fixture.path.name}: {e}") from None
+        prefix = case + "/"
+        for key in sorted(k for k in fixture.arrays if k.startswith(prefix)):
+            name = key[len(prefix):]
+            if name.startswith("input/"):
+                continue
+            if name in ("intermediate/states_processed", "intermediate/next_states_processed"):
+                rows.append(Row(key, 0.0, 0.0, True, AUG_NOTE))
+                continue
+            expected = fixture.arrays[key]
+            if name not in outputs:
+                rows.append(Row(key, float("inf"), LOSSES_TOL, False, "not computed by torch"))
+                continue
+            rows.append(compare(key, outputs[name], expected, _scaled_tol(expected)))
+    return rows
+
+
+_VERIFY = {"network": verify_network, "losses": verify_losses, "c51_projection": verify_c51}
+
+
 def run(args) -> int:
     """Entry point of ``bbf-crosscheck torch``; exit status 0 / 1 / 2 as ``verify``."""
-    if args.gin_files or not args.files:
-        print(
-            "error: bbf-crosscheck torch needs fixture files (the --gin_files mode, "
-            "comparing against a freshly initialised bbf_jax, is not available yet)",
-            file=sys.stderr,
-        )
+    if args.gin_files and args.files:
+        print("error: give fixture files or --gin_files, not both", file=sys.stderr)
         return 2
     tr.set_parity_numerics()
+    if args.gin_files:
+        from bbf_jax.crosscheck import torch_selfcheck
+
+        return torch_selfcheck.run(args)
+    if not args.files:
+        print("error: bbf-crosscheck torch needs fixture files or --gin_files", file=sys.stderr)
+        return 2
     status = 0
     for f in args.files:
         try:
             fixture = load_fixture(f)
             kind = _kind(fixture)
-            rows = verify_network(fixture) if kind == "network" else verify_c51(fixture)
+            rows = _VERIFY[kind](fixture)
         except FixtureError as e:
             print(f"error: {e}", file=sys.stderr)
             status = max(status, 2)

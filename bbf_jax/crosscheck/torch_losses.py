@@ -93,6 +93,14 @@ def softmax_cross_entropy(target: torch.Tensor, logits: torch.Tensor) -> torch.T
     return -(target * F.log_softmax(logits, dim=-1)).sum(-1)
 
 
+def c51_td_error(ce: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``KL(target || prediction) = CE_b + sum_i target_i log target_i`` with 0 log 0 = 0, ``(B,)``.
+
+    The official priority signal ("TD Error"); ``nan_to_num`` as in the official code.
+    """
+    return ce + torch.nan_to_num(target * torch.log(target)).sum(-1)
+
+
 def _l2_normalise(x: torch.Tensor) -> torch.Tensor:
     # Plain division by the norm, no epsilon, as the official loss.
     return x / torch.sqrt((x * x).sum(-1, keepdim=True))
@@ -106,8 +114,13 @@ def spr_loss(predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Tenso
         projections (no gradient); mask: ``(B, K)`` same-trajectory mask. The mean
         divides by K however many steps are masked.
     """
-    sq = (_l2_normalise(predictions) - _l2_normalise(targets)).pow(2).sum(-1)
+    sq = spr_distances(predictions, targets)
     return (sq * mask.to(sq.dtype)).mean(-1)
+
+
+def spr_distances(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Unmasked per-jump ``||P_bk/|P_bk| - Z_bk/|Z_bk|||^2``: ``(B, K, D)`` -> ``(B, K)``."""
+    return (_l2_normalise(predictions) - _l2_normalise(targets)).pow(2).sum(-1)
 
 
 def weighted_total_loss(
@@ -149,8 +162,9 @@ def bbf_loss(
     spr_weight: float,
     support: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
+    double_dqn: bool = True,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The official C51 + SPR loss of one minibatch (spec §5.5-§5.6), double DQN.
+    """The official C51 + SPR loss of one minibatch (spec §5.5-§5.6).
 
     Args:
       online, target: networks holding the online and target parameters.
@@ -159,20 +173,30 @@ def bbf_loss(
       noise: ``(B, N)`` per-example normal stream for noisy nets, shared by the online
         and target passes (official ``match_online_target_rngs=True``); SPR targets and
         predictions never see noise.
+      double_dqn: select the bootstrap action with the online network (BBF) rather
+        than the target network; the backup distribution is the target's either way.
 
     Returns:
-      ``(loss, aux)``: the scalar to differentiate and per-sample ``ce``, ``spr``,
-      ``target`` (the C51 target distribution) and ``spr_targets``.
+      ``(loss, aux)``: the scalar to differentiate and, per sample, ``ce`` (B,),
+      ``td_error`` (B,), ``spr`` (B,), ``spr_per_jump`` (B, K) unmasked, ``target``
+      (B, M) the C51 target distribution, ``spr_targets`` and ``spr_predictions``
+      (B, K, D), ``logits`` (B, A, M) and ``chosen_logits`` (B, M) of the online
+      network at s_t, ``next_q_online`` (B, A), ``next_action`` (B,) and
+      ``next_probabilities_target`` (B, A, M) at s_{t+n}. Without SPR the SPR
+      entries are None and ``spr`` is zero.
     """
     z = online.support if support is None else support
     use_spr = spr_weight > 0
     with torch.no_grad():
         next_online = online(batch.next_states, noise=noise, support=z)
         next_target = target(batch.next_states, noise=noise, support=z)
-        next_probs = select_next_probabilities(next_online.q_values, next_target.probabilities)
+        select_q = next_online.q_values if double_dqn else next_target.q_values
+        next_action = torch.argmax(select_q, dim=-1)
+        next_probs = select_next_probabilities(select_q, next_target.probabilities)
         c51_target = categorical_target(
             batch.rewards, batch.discounts, batch.terminals, next_probs, z
         )
+        spr_targets = None
         if use_spr:
             b, k1 = batch.states.shape[:2]
             future = batch.states[:, 1:].reshape(b * (k1 - 1), *batch.states.shape[2:])
@@ -186,12 +210,26 @@ def bbf_loss(
     )
     chosen = out.logits[torch.arange(out.logits.shape[0]), batch.actions[:, 0].long()]
     ce = softmax_cross_entropy(c51_target, chosen)
+    aux = {
+        "ce": ce,
+        "td_error": c51_td_error(ce, c51_target),
+        "target": c51_target,
+        "logits": out.logits,
+        "chosen_logits": chosen,
+        "next_q_online": next_online.q_values,
+        "next_action": next_action,
+        "next_probabilities_target": next_target.probabilities,
+        "spr_targets": spr_targets,
+        "spr_predictions": out.latent if use_spr else None,
+        "spr_per_jump": None,
+    }
     if use_spr:
-        spr = spr_loss(out.latent, spr_targets, batch.same_trajectory)
+        aux["spr_per_jump"] = spr_distances(out.latent, spr_targets)
+        aux["spr"] = spr_loss(out.latent, spr_targets, batch.same_trajectory)
     else:
-        spr, spr_targets = torch.zeros_like(ce), None
-    loss = weighted_total_loss(ce, spr, batch.weights, spr_weight)
-    return loss, {"ce": ce, "spr": spr, "target": c51_target, "spr_targets": spr_targets}
+        aux["spr"] = torch.zeros_like(ce)
+    loss = weighted_total_loss(ce, aux["spr"], batch.weights, spr_weight)
+    return loss, aux
 
 
 # ----------------------------------------------------------------------------------

@@ -12,8 +12,9 @@ from the Flax/official layout is handled (and commented) in exactly one spot:
 * HWIO <-> OIHW conv kernels and ``(in, out)`` <-> ``(out, in)`` dense kernels:
   :func:`params_to_state_dict` / :func:`state_dict_to_params`;
 * the flatten order of the spatial latent (Flax ``(h, w, c)``, torch ``(c, h, w)``): the
-  projection kernel's input rows are permuted in the conversion, and
-  :meth:`BBFTorchNetwork.forward` reports ``representation`` in the Flax order.
+  projection kernel's input rows are permuted in the conversion,
+  :meth:`BBFTorchNetwork.forward` reports ``representation`` in the Flax order, and a
+  noisy projection reorders its input noise (:func:`flax_flatten_index`).
 
 Randomness cannot be matched across frameworks, so noisy layers take explicit noise
 (see :class:`NoisyLinear` and :meth:`BBFTorchNetwork.forward`) and augmentation is left
@@ -271,21 +272,47 @@ def _noise_slices(noise: torch.Tensor | None, n_in: int, n_out: int):
     return noise[:, :n_in], noise[:, :n_out]
 
 
-class FeatureLayer(nn.Module):
-    """nn.Linear, or NoisyLinear when ``noisy`` (the official FeatureLayer)."""
+def flax_flatten_index(channels: int, height: int, width: int) -> torch.Tensor:
+    """For each torch ``(c, h, w)`` flatten position, its Flax ``(h, w, c)`` position.
 
-    def __init__(self, in_features: int, out_features: int, noisy: bool):
+    ``index[(c * H + h) * W + w] = (h * W + w) * C + c``; ``v_flax[:, index]`` reorders a
+    vector indexed in the Flax flatten order into torch's.
+    """
+    c, h, w = torch.meshgrid(
+        torch.arange(channels), torch.arange(height), torch.arange(width), indexing="ij"
+    )
+    return ((h * width + w) * channels + c).flatten()
+
+
+class FeatureLayer(nn.Module):
+    """nn.Linear, or NoisyLinear when ``noisy`` (the official FeatureLayer).
+
+    ``input_order``: for the projection, whose input is the latent flattened in torch's
+    ``(c, h, w)`` order, :func:`flax_flatten_index` of the latent; the official input
+    noise p is indexed in the Flax ``(h, w, c)`` order and is reordered with it.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        noisy: bool,
+        input_order: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.noisy = noisy
         if noisy:
             self.net = NoisyLinear(in_features, out_features)
         else:
             self.net = nn.Linear(in_features, out_features)
+        self.register_buffer("input_order", input_order, persistent=False)
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         if not self.noisy:
             return self.net(x)
         p, q = _noise_slices(noise, self.net.in_features, self.net.out_features)
+        if p is not None and self.input_order is not None:
+            p = p[:, self.input_order]
         return self.net(x, p, q)
 
 
@@ -408,7 +435,9 @@ class BBFTorchNetwork(nn.Module):
         h, w = latent_hw(config, obs_shape[:2])
         self.latent_shape = (c, h, w)
         hidden = config.hidden_dim
-        self.projection = FeatureLayer(c * h * w, hidden, config.noisy)
+        self.projection = FeatureLayer(
+            c * h * w, hidden, config.noisy, input_order=flax_flatten_index(c, h, w)
+        )
         self.head = LinearHead(hidden, num_actions, config.num_atoms, config.dueling, config.noisy)
         if with_spr:
             self.transition_model = TransitionModel(c, num_actions, config.renormalize)

@@ -2,15 +2,22 @@
 
 The envs are a plain list of :class:`AtariEnv` stepped in turn. ale-py's C++ vector
 env (``ale_py.vector_env.AtariVectorEnv``) is not used, because it does not give the
-official semantics: with ``life_loss_info=True`` it still emulates all four frames of
-a step in which a life is lost, where Dopamine breaks off the frame skip (on Breakout
-with a fixed random action sequence the two emulators are one frame apart from the
-first life loss on: episode frame 212 against 211 at step 52, and every observation
-after it differs); it also draws no-op counts from its own RNG and cannot apply the
-reset-again rule of spec §9.3. The speed it would buy is small next to the network's
-forward pass in evaluation: ``benchmarks/env_throughput.py`` measured on a 2-core CPU
-about 4,000 agent steps/s for a list of 100 ``AtariEnv`` on one core against about
-3,200 (one thread) and 6,300 (two threads) for the vector env in the platform notes.
+official semantics:
+
+* with ``life_loss_info=True`` it still emulates all frames of a step in which a life
+  is lost, where Dopamine breaks off the frame skip: on Breakout with the same random
+  actions the two emulators are one frame apart from the first life loss on (episode
+  frame 212 against 211 at agent step 52) and every later observation differs;
+* it draws the no-op counts from its own RNG and cannot apply the reset-again rule of
+  spec §9.3.
+
+It would be faster only with two threads: ``benchmarks/env_throughput.py`` on the
+2-core development machine (while other jobs kept its load near 6-8) measured for 100
+envs 1,130 / 780 / 940 agent steps/s (Pong / Breakout / ChopperCommand) for the
+``AtariEnv`` list on one core against 1,420 / 810 / 1,040 for the vector env on one
+thread and 3,300 / 1,790 / 1,480 on two; on an idle machine one ``AtariEnv`` makes
+2,300-3,200 steps/s. Either way an official 100-episode evaluation is bounded by the
+network's forward pass on CPU, and exact semantics come first.
 """
 
 from __future__ import annotations

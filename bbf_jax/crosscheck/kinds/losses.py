@@ -8,6 +8,7 @@ parameters and the EMA target from the stored parameters and batch, with
 
 from __future__ import annotations
 
+import functools
 import pathlib
 
 import numpy as np
@@ -17,7 +18,6 @@ from bbf_jax.crosscheck.fixture_io import (
     FixtureError,
     Row,
     compare,
-    compare_trees,
     flatten_tree,
     load_fixture,
     save_fixture,
@@ -32,7 +32,9 @@ CASES = {  # case -> (update horizon n, gamma, augmentation)
     "n3_g0.997_aug": (3, 0.997, True),
 }
 TRAIN_RNG_SEED = 42
-_SCALARS = {"TotalLoss": "TotalLoss", "DQNLoss": "DQNLoss", "TD Error": "TDError", "SPRLoss": "SPRLoss"}
+_SCALARS = {
+    "TotalLoss": "TotalLoss", "DQNLoss": "DQNLoss", "TD Error": "TDError", "SPRLoss": "SPRLoss"
+}
 
 
 def matches(fixture: Fixture) -> bool:
@@ -53,7 +55,8 @@ def infer_network(flat_params: dict) -> tuple:
         hidden = flat_params["projection/net/kernel"].shape[1]
         if "encoder/ResidualStage_0/Conv_0/kernel" in flat_params:
             width = flat_params["encoder/ResidualStage_0/Conv_0/kernel"].shape[-1] / 16
-            convs = {k.split("/")[2] for k in flat_params if k.startswith("encoder/ResidualStage_0/")}
+            convs = {k.split("/")[2] for k in flat_params
+                     if k.startswith("encoder/ResidualStage_0/")}
             cfg = NetworkConfig(
                 encoder_type="impala", width_scale=width, num_blocks=(len(convs) - 1) // 2,
                 hidden_dim=hidden, dueling=dueling, noisy=noisy, num_atoms=num_atoms,
@@ -80,11 +83,7 @@ def _learner(flat_params: dict, augmentation: bool, batch_size: int):
 
 def compute_case(fixture_arrays: dict, case: str) -> dict[str, np.ndarray]:
     """All outputs of one case, keyed as in the fixture (``<case>/...``)."""
-    import jax
-    import jax.numpy as jnp
-
-    from bbf_jax import augment
-    from bbf_jax.learner import TrainBatch, TrainState
+    from bbf_jax.learner import TrainBatch
 
     _, _, aug = CASES[case]
     get = fixture_arrays.__getitem__
@@ -92,11 +91,9 @@ def compute_case(fixture_arrays: dict, case: str) -> dict[str, np.ndarray]:
                              if k.startswith("params/")})
     target = unflatten_tree({k[len("target_params/"):]: v for k, v in fixture_arrays.items()
                              if k.startswith("target_params/")})
-    flat_online = flatten_tree(online)
     inp = f"{case}/input/" if f"{case}/input/returns" in fixture_arrays else "n3_g0.997/input/"
     raw_states = get("input/raw_states")
-    batch_size = raw_states.shape[0]
-    learner = _learner(flat_online, aug, batch_size)
+    learner = _learner(flatten_tree(online), aug, raw_states.shape[0])
     batch = TrainBatch(
         state=raw_states,
         action=get("input/actions").astype(np.int32),
@@ -107,10 +104,44 @@ def compute_case(fixture_arrays: dict, case: str) -> dict[str, np.ndarray]:
         same_trajectory=get(inp + "same_trajectory").astype(np.float32),
         loss_weight=get(inp + "loss_weights"),
     )
+    # One jitted computation, as the official values come from a jitted train function;
+    # n3 and n10 share the compiled function (same learner and shapes).
+    outputs, trees = _jitted_case_outputs()(learner, online, target, batch)
+    out = {f"{case}/{k}": np.asarray(v) for k, v in outputs.items()}
+    for prefix, tree in trees.items():
+        out.update({f"{case}/{prefix}/{k}": v for k, v in flatten_tree(tree).items()})
+    for name in (*_SCALARS, "GradNorm"):
+        out[f"{case}/official_aux/{name}"] = out[f"{case}/official_aux/{name}"].reshape(1)
+    key = f"{case}/intermediate/next_qt_argmax"
+    out[key] = out[key].astype(np.int32)
+    return out
+
+
+@functools.cache
+def _jitted_case_outputs():
+    import jax
+
+    return jax.jit(_case_outputs, static_argnums=0)
+
+
+def _case_outputs(learner, online, target, batch) -> tuple[dict, dict]:
+    """Traceable body of :func:`compute_case`.
+
+    Returns ``(arrays, trees)``: arrays keyed without the case prefix, and the
+    parameter-shaped trees (``grads``, ``new_online_params``, ``new_target_params``).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from bbf_jax import augment
+    from bbf_jax import losses as losses_lib
+
+    aug = learner.agent.data_augmentation
+    batch_size = batch.state.shape[0]
     state = learner.state_from_params(online, jax.random.PRNGKey(TRAIN_RNG_SEED),
                                       jax.random.PRNGKey(0))
     state = state.replace(target=target)
-    out: dict[str, np.ndarray] = {}
+    out = {}
 
     # The same computation as Learner.train_step, unrolled to expose intermediates.
     rng, k_states, k_next = jax.random.split(state.rng, 3)
@@ -128,10 +159,8 @@ def compute_case(fixture_arrays: dict, case: str) -> dict[str, np.ndarray]:
     )
     terms = learner.per_sample_losses(online, states[:, 0], batch, td_target, spr_targets, keys)
     rolled = apply(online, states[:, 0], batch.action[:, :-1], True)
-    from bbf_jax import losses as losses_lib
-
     _, per_jump = losses_lib.spr_loss(rolled.latent, spr_targets, batch.same_trajectory[:, 1:])
-    new_state, metrics = jax.jit(learner.train_step)(state, batch, learner.default_hparams())
+    new_state, metrics = learner.train_step(state, batch, learner.default_hparams())
     grads = jax.grad(
         lambda p: jnp.mean(
             learner.per_sample_losses(p, states[:, 0], batch, td_target, spr_targets, keys)[
@@ -140,46 +169,41 @@ def compute_case(fixture_arrays: dict, case: str) -> dict[str, np.ndarray]:
         )
     )(online)
 
-    c = f"{case}/"
     for official, ours in _SCALARS.items():
-        out[c + "official_aux/" + official] = np.asarray(metrics[ours]).reshape(1)
-        out[c + official] = np.asarray(
-            jnp.mean(terms[{"TotalLoss": "loss_weighted", "DQNLoss": "dqn_loss",
-                            "TD Error": "td_error", "SPRLoss": "spr_loss"}[official]])
-        )
-    out[c + "official_aux/GradNorm"] = np.asarray(metrics["GradNorm"]).reshape(1)
-    out[c + "mean_loss"] = np.asarray(jnp.mean(terms["loss_weighted"]))
-    ps = c + "per_sample/"
-    out[ps + "dqn_loss"] = np.asarray(terms["dqn_loss"])
-    out[ps + "td_error"] = np.asarray(terms["td_error"])
-    out[ps + "spr_loss_per_jump"] = np.asarray(per_jump)
-    out[ps + "spr_loss"] = np.asarray(terms["spr_loss"])
-    out[ps + "loss_unweighted"] = np.asarray(terms["loss"])
-    out[ps + "loss_weighted"] = np.asarray(terms["loss_weighted"])
-    it = c + "intermediate/"
-    next_action = jnp.argmax(next_online.q_values, axis=-1)
-    out[it + "target_distribution"] = np.asarray(td_target)
-    out[it + "next_q_online"] = np.asarray(next_online.q_values)
-    out[it + "next_qt_argmax"] = np.asarray(next_action, dtype=np.int32)
-    out[it + "next_probabilities_target"] = np.asarray(next_target.probabilities)
+        out["official_aux/" + official] = metrics[ours]
+        out[official] = jnp.mean(terms[{"TotalLoss": "loss_weighted", "DQNLoss": "dqn_loss",
+                                        "TD Error": "td_error", "SPRLoss": "spr_loss"}[official]])
+    out["official_aux/GradNorm"] = metrics["GradNorm"]
+    out["mean_loss"] = jnp.mean(terms["loss_weighted"])
+    ps = "per_sample/"
+    out[ps + "dqn_loss"] = terms["dqn_loss"]
+    out[ps + "td_error"] = terms["td_error"]
+    out[ps + "spr_loss_per_jump"] = per_jump
+    out[ps + "spr_loss"] = terms["spr_loss"]
+    out[ps + "loss_unweighted"] = terms["loss"]
+    out[ps + "loss_weighted"] = terms["loss_weighted"]
+    it = "intermediate/"
+    out[it + "target_distribution"] = td_target
+    out[it + "next_q_online"] = next_online.q_values
+    out[it + "next_qt_argmax"] = jnp.argmax(next_online.q_values, axis=-1)
+    out[it + "next_probabilities_target"] = next_target.probabilities
     logits = apply(online, states[:, 0]).logits
-    out[it + "logits"] = np.asarray(logits)
-    out[it + "chosen_action_logits"] = np.asarray(
-        jnp.take_along_axis(logits, batch.action[:, 0, None, None], axis=1)[:, 0]
-    )
-    out[it + "spr_predictions"] = np.asarray(rolled.latent)
-    out[it + "spr_targets"] = np.asarray(spr_targets)
+    out[it + "logits"] = logits
+    out[it + "chosen_action_logits"] = jnp.take_along_axis(
+        logits, batch.action[:, 0, None, None], axis=1
+    )[:, 0]
+    out[it + "spr_predictions"] = rolled.latent
+    out[it + "spr_targets"] = spr_targets
     if aug:
-        out[it + "states_processed"] = np.asarray(states)
-        out[it + "next_states_processed"] = np.asarray(next_states)
-    for k, v in flatten_tree(grads).items():
-        out[c + "grads/" + k] = v
-    out[c + "grad_global_norm"] = np.asarray(metrics["GradNorm"])
-    for k, v in flatten_tree(new_state.online).items():
-        out[c + "new_online_params/" + k] = v
-    for k, v in flatten_tree(new_state.target).items():
-        out[c + "new_target_params/" + k] = v
-    return out
+        out[it + "states_processed"] = states
+        out[it + "next_states_processed"] = next_states
+    out["grad_global_norm"] = metrics["GradNorm"]
+    trees = {
+        "grads": grads,
+        "new_online_params": new_state.online,
+        "new_target_params": new_state.target,
+    }
+    return out, trees
 
 
 def verify(fixture: Fixture) -> list[Row]:
@@ -199,9 +223,10 @@ def verify(fixture: Fixture) -> list[Row]:
                                 fixture.arrays[inp + "loss_weights"], 0.0))
         if inp + "discount" in fixture.arrays:
             n, gamma, _ = CASES[case]
+            stored_discount = fixture.arrays[inp + "discount"]
             rows.append(compare(inp + "discount (= float32(gamma^n))",
-                                np.full_like(fixture.arrays[inp + "discount"], np.float32(gamma**n)),
-                                fixture.arrays[inp + "discount"], 0.0))
+                                np.full_like(stored_discount, np.float32(gamma**n)),
+                                stored_discount, 0.0))
         try:
             outputs = compute_case(fixture.arrays, case)
         except KeyError as e:
@@ -224,11 +249,13 @@ def make_inputs(num_actions: int, seed: int, learner) -> dict[str, np.ndarray]:
 
     from bbf_jax.learner import importance_weights
 
-    params = flatten_tree(learner.init_params(jax.random.PRNGKey(seed)))
+    # Jitted: bitwise the same parameters as an eager init, without op-by-op dispatch.
+    params = flatten_tree(jax.jit(learner.init_params)(jax.random.PRNGKey(seed)))
     noise = np.random.RandomState(2)
     arrays = {f"params/{k}": v for k, v in params.items()}
     for k, v in params.items():
-        arrays[f"target_params/{k}"] = (v + 0.005 * noise.standard_normal(v.shape)).astype(np.float32)
+        perturbed = v + 0.005 * noise.standard_normal(v.shape)
+        arrays[f"target_params/{k}"] = perturbed.astype(np.float32)
     rs = np.random.RandomState(seed)
     b, t = 8, learner.agent.jumps + 1
     arrays["input/raw_states"] = rs.randint(0, 256, (b, t, 84, 84, 4)).astype(np.uint8)

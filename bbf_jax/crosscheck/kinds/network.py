@@ -130,7 +130,8 @@ def verify(fixture: Fixture) -> list[Row]:
             network, params, fixture.get("input/obs_float"), fixture.get("input/actions")
         )
     except (ValueError, TypeError, KeyError) as e:
-        raise FixtureError(f"{fixture.path.name}: parameters do not fit the network ({e})") from None
+        msg = f"{fixture.path.name}: parameters do not fit the network ({e})"
+        raise FixtureError(msg) from None
     for name, value in outputs.items():
         if name in fixture.arrays:
             expected = fixture.arrays[name]
@@ -159,8 +160,13 @@ def export(args) -> pathlib.Path:
             f"{args.inputs}: input/actions go up to {int(np.max(actions))}, "
             f"more than --num_actions {args.num_actions} allows"
         )
-    params = init_params(network, jax.random.PRNGKey(args.seed), use_spr=True, jumps=actions.shape[1])
-    obs_float = (obs_uint8 / 255.0).astype(np.float32)
+    params = init_params(
+        network, jax.random.PRNGKey(args.seed), use_spr=True, jumps=actions.shape[1]
+    )
+    # The agent's process_inputs under jit: x * float32(1/255) after XLA's rewrite of /255.
+    obs_float = inputs.arrays.get("input/obs_float")
+    if obs_float is None:
+        obs_float = np.asarray(jax.jit(lambda x: x.astype(np.float32) / 255.0)(obs_uint8))
     support = np.asarray(network.bind({"params": params}).support())
     outputs = compute_outputs(network, params, obs_float, actions)
     arrays = {**flatten_tree(params, "params/")}

@@ -8,6 +8,7 @@ fresh initialisation and that the optimizer state is fully re-initialised.
 
 from __future__ import annotations
 
+import functools
 import pathlib
 
 import numpy as np
@@ -30,17 +31,16 @@ RESET_KEYS = ("encoder", "transition_model")
 
 
 def matches(fixture: Fixture) -> bool:
-    return "input/rng" in fixture.arrays and any(k.startswith("random_online/") for k in fixture.arrays)
+    return "input/rng" in fixture.arrays and any(
+        k.startswith("random_online/") for k in fixture.arrays
+    )
 
 
 def compute(arrays: dict, shrink: float = 0.5, perturb: float = 0.5) -> tuple[dict, list[Row]]:
-    import jax
     import jax.numpy as jnp
 
     from bbf_jax.config import AgentConfig, ResetConfig
     from bbf_jax.learner import make_learner
-    from bbf_jax.optim import make_optimizer
-    from bbf_jax.resets import interpolate, reset_with_key
 
     old_online = {k[len("input/old_online/"):]: v for k, v in arrays.items()
                   if k.startswith("input/old_online/")}
@@ -53,19 +53,14 @@ def compute(arrays: dict, shrink: float = 0.5, perturb: float = 0.5) -> tuple[di
     reset_cfg = ResetConfig(shrink_factor=shrink, perturb_factor=perturb,
                             shrink_perturb_keys=RESET_KEYS)
     online, target = unflatten_tree(old_online), unflatten_tree(old_target)
-    state = learner.state_from_params(online, jax.random.PRNGKey(0), jax.random.PRNGKey(0))
-    # An optimizer state with a step taken, so that its re-initialisation is visible.
-    opt = make_optimizer(learner.agent)
-    _, stepped = opt.update(jax.tree.map(jnp.ones_like, online), state.opt_state, online)
-    state = state.replace(target=target, opt_state=stepped)
     key = jnp.asarray(arrays["input/rng"], dtype=jnp.uint32)
-    new_state, fresh_on, fresh_tg = jax.jit(
-        lambda s, k: reset_with_key(learner, s, k, reset_cfg)
-    )(state, key)
+    # One jitted computation (the official jit_reset is jitted too).
+    new_state, fresh_on, fresh_tg, interp, fresh_opt = _jitted_reset()(
+        learner, reset_cfg, online, target, key
+    )
     out = {}
     for prefix, tree in (("random_online/", fresh_on), ("random_target/", fresh_tg)):
         out.update({prefix + k: v for k, v in flatten_tree(tree).items()})
-    interp = interpolate(online, fresh_on, RESET_KEYS, shrink, perturb)
     for prefix, tree in (("output/new_online/", new_state.online),
                          ("output/new_target/", new_state.target),
                          ("output/interpolate_weights/", interp)):
@@ -79,10 +74,38 @@ def compute(arrays: dict, shrink: float = 0.5, perturb: float = 0.5) -> tuple[di
                             rest(fresh_on), 0.0)
     checks += compare_trees("check new_target == random_target: ", rest(new_state.target),
                             rest(fresh_tg), 0.0)
-    fresh_opt = flatten_opt(opt.init(new_state.online))
     checks += compare_trees("check opt_state == init(new_online): ",
-                            flatten_opt(new_state.opt_state), fresh_opt, 0.0)
+                            flatten_opt(new_state.opt_state), flatten_opt(fresh_opt), 0.0)
     return out, checks
+
+
+@functools.cache
+def _jitted_reset():
+    import jax
+
+    return jax.jit(_reset_outputs, static_argnums=(0, 1))
+
+
+def _reset_outputs(learner, reset_cfg, online, target, key):
+    """Traceable body of :func:`compute`.
+
+    Returns ``(new_state, fresh_online, fresh_target, interpolated, fresh_opt_state)``.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from bbf_jax.optim import make_optimizer
+    from bbf_jax.resets import interpolate, reset_with_key
+
+    state = learner.state_from_params(online, jax.random.PRNGKey(0), jax.random.PRNGKey(0))
+    # An optimizer state with a step taken, so that its re-initialisation is visible.
+    opt = make_optimizer(learner.agent)
+    _, stepped = opt.update(jax.tree.map(jnp.ones_like, online), state.opt_state, online)
+    state = state.replace(target=target, opt_state=stepped)
+    new_state, fresh_on, fresh_tg = reset_with_key(learner, state, key, reset_cfg)
+    interp = interpolate(online, fresh_on, RESET_KEYS, reset_cfg.shrink_factor,
+                         reset_cfg.perturb_factor)
+    return new_state, fresh_on, fresh_tg, interp, opt.init(new_state.online)
 
 
 def flatten_opt(opt_state) -> dict:
@@ -123,7 +146,8 @@ def export(args) -> pathlib.Path:
     else:
         exp = gin_utils.parse(args.gin_files, args.gin_bindings)
         learner = make_learner(AgentConfig(), exp.network, args.num_actions)
-        online = flatten_tree(learner.init_params(jax.random.PRNGKey(args.seed)))
+        # Jitted: bitwise the same parameters as an eager init, without op-by-op dispatch.
+        online = flatten_tree(jax.jit(learner.init_params)(jax.random.PRNGKey(args.seed)))
         noise = np.random.RandomState(args.seed + 1)
         arrays = {"input/rng": np.asarray(jax.random.PRNGKey(7))}
         for k, v in online.items():

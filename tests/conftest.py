@@ -1,0 +1,33 @@
+"""Shared test set-up: CPU when no GPU is present, and a persistent JAX compilation cache.
+
+The cache lives in pytest's cache directory (a temporary directory when the cache
+plugin is disabled) and is exported as ``JAX_COMPILATION_CACHE_DIR`` so that CLI
+subprocesses started by the tests reuse it too. Both are set before any test module
+imports JAX.
+"""
+
+import os
+import pathlib
+import tempfile
+
+
+def _has_gpu() -> bool:
+    return pathlib.Path("/dev/nvidia0").exists() or pathlib.Path("/dev/nvidiactl").exists()
+
+
+def pytest_configure(config):
+    if not _has_gpu():
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    cache = getattr(config, "cache", None)
+    if cache is not None:
+        cache_dir = cache.mkdir("jax-compilation-cache")
+    else:
+        cache_dir = pathlib.Path(tempfile.gettempdir()) / "bbf_jax-jax-compilation-cache"
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache_dir))
+
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    # Tiny test networks compile in well under the default 1 s threshold on fast machines.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

@@ -1,0 +1,388 @@
+"""The BBF network (spec §3): official parameter tree and counts, heads, noisy layers,
+half precision, per-example semantics, and the ``network`` cross-check CLI."""
+
+import json
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bbf_jax.config import NetworkConfig
+from bbf_jax.crosscheck import cli
+from bbf_jax.networks import init_params, make_network, param_count
+from bbf_jax.networks.heads import NoisyDense
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "network_small.npz"
+TINY = NetworkConfig(width_scale=0.25, hidden_dim=64)
+B, A, K = 4, 6, 5
+
+
+def _tiny_inputs(seed=0, dtype=jnp.float32):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.integers(0, 256, (B, 84, 84, 4)) / 255.0, dtype)
+    actions = jnp.asarray(rng.integers(0, A, (B, K)), jnp.int32)
+    return x, actions
+
+
+def _shapes(cfg, num_actions, use_spr=True):
+    net = make_network(cfg, num_actions)
+    tree = jax.eval_shape(lambda k: init_params(net, k, use_spr=use_spr), jax.random.PRNGKey(0))
+    return {k: tuple(v.shape) for k, v in flatten_tree_shapes(tree).items()}
+
+
+def flatten_tree_shapes(tree, prefix=""):
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten_tree_shapes(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _module_counts(shapes):
+    counts = {}
+    for path, shape in shapes.items():
+        top = path.split("/")[0]
+        counts[top] = counts.get(top, 0) + int(np.prod(shape))
+    return counts
+
+
+def _official_bbf_shapes(a):
+    """The BBF.gin tree of spec §3.11 for ``a`` actions."""
+    shapes = {}
+    for stage, (c_in, c) in enumerate(((4, 64), (64, 128), (128, 128))):
+        for j in range(5):
+            shapes[f"encoder/ResidualStage_{stage}/Conv_{j}/kernel"] = (3, 3, c_in if j == 0 else c, c)
+            shapes[f"encoder/ResidualStage_{stage}/Conv_{j}/bias"] = (c,)
+    tm = "transition_model/ScanConvTMCell_0"
+    shapes[f"{tm}/Conv_0/kernel"] = (3, 3, 128 + a, 128)
+    shapes[f"{tm}/Conv_0/bias"] = (128,)
+    shapes[f"{tm}/Conv_1/kernel"] = (3, 3, 128, 128)
+    shapes[f"{tm}/Conv_1/bias"] = (128,)
+    shapes["projection/net/kernel"] = (15488, 2048)
+    shapes["projection/net/bias"] = (2048,)
+    shapes["predictor/kernel"] = (2048, 2048)
+    shapes["predictor/bias"] = (2048,)
+    shapes["head/advantage/net/kernel"] = (2048, 51 * a)
+    shapes["head/advantage/net/bias"] = (51 * a,)
+    shapes["head/value/net/kernel"] = (2048, 51)
+    shapes["head/value/net/bias"] = (51,)
+    return shapes
+
+
+# ----------------------------------------------------------------- parameter tree and counts
+@pytest.mark.parametrize("a, total", [(4, 38_292_287), (6, 38_503_589), (18, 39_771_401)])
+def test_bbf_parameter_tree_matches_the_official_one(a, total):
+    shapes = _shapes(NetworkConfig(), a)
+    assert shapes == _official_bbf_shapes(a)
+    assert len(shapes) == 42
+    assert sum(int(np.prod(s)) for s in shapes.values()) == total == 37_869_683 + 105_651 * a
+    assert _module_counts(shapes) == {
+        "encoder": 1_552_192,
+        "transition_model": 295_168 + 1_152 * a,
+        "projection": 31_721_472,
+        "predictor": 4_196_352,
+        "head": 104_499 + 104_499 * a,
+    }
+
+
+def test_without_spr_there_is_no_transition_model_or_predictor():
+    shapes = _shapes(NetworkConfig(), 6, use_spr=False)
+    assert set(_module_counts(shapes)) == {"encoder", "projection", "head"}
+    # Q path only: 33,378,163 + 104,499 A (spec §3.11).
+    assert sum(int(np.prod(s)) for s in shapes.values()) == 33_378_163 + 104_499 * 6
+
+
+@pytest.mark.parametrize("a", [4, 18])
+def test_spr_gin_network_counts(a):
+    cfg = NetworkConfig(encoder_type="dqn", width_scale=1, hidden_dim=512, noisy=True)
+    shapes = _shapes(cfg, a)
+    assert _module_counts(shapes) == {
+        "encoder": 77_984,
+        "transition_model": 73_856 + 576 * a,
+        "projection": 7_930_880,
+        "predictor": 262_656,
+        "head": 52_326 + 52_326 * a,
+    }
+    assert sum(_module_counts(shapes).values()) == 8_397_702 + 52_902 * a
+    assert shapes["encoder/Conv_0/kernel"] == (8, 8, 4, 32)
+
+
+def test_dqn_encoder_output_is_11_by_11_by_64():
+    net = make_network(NetworkConfig(encoder_type="dqn", width_scale=1, hidden_dim=32), A)
+    x = jnp.zeros((2, 84, 84, 4))
+    out = jax.eval_shape(
+        lambda k: net.init_with_output({"params": k}, x, method=lambda m, x: m.encoder(x))[0],
+        jax.random.PRNGKey(0),
+    )
+    assert out.shape == (2, 11, 11, 64)
+
+
+def test_param_count_of_the_tiny_network():
+    params = init_params(make_network(TINY, A), jax.random.PRNGKey(0), use_spr=True)
+    assert param_count(params) == sum(_module_counts(_shapes(TINY, A)).values())
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+
+
+# ------------------------------------------------------------------------- heads
+@pytest.fixture(scope="module")
+def tiny():
+    net = make_network(TINY, A)
+    params = init_params(net, jax.random.PRNGKey(0), use_spr=True)
+    return net, params
+
+
+def _hand_head(params, representation, dueling, num_atoms):
+    """float64 numpy reference of projection -> ReLU -> head (spec §3.6)."""
+    p = jax.tree.map(lambda v: np.asarray(v, np.float64), params)
+    hidden = np.maximum(representation @ p["projection"]["net"]["kernel"]
+                        + p["projection"]["net"]["bias"], 0.0)
+    adv = hidden @ p["head"]["advantage"]["net"]["kernel"] + p["head"]["advantage"]["net"]["bias"]
+    adv = adv.reshape(len(hidden), -1, num_atoms)
+    if not dueling:
+        return adv
+    value = hidden @ p["head"]["value"]["net"]["kernel"] + p["head"]["value"]["net"]["bias"]
+    return value[:, None, :] + adv - adv.mean(axis=1, keepdims=True)
+
+
+def test_dueling_c51_head_against_a_hand_reference(tiny):
+    net, params = tiny
+    x, _ = _tiny_inputs()
+    out = jax.jit(lambda p, x: net.apply({"params": p}, x))(params, x)
+    rep = np.asarray(out.representation, np.float64)
+    logits = _hand_head(params, rep, dueling=True, num_atoms=51)
+    np.testing.assert_allclose(out.logits, logits, atol=1e-5)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    np.testing.assert_allclose(out.probabilities, probs, atol=1e-6)
+    np.testing.assert_allclose(out.q_values, probs @ np.linspace(-10, 10, 51), atol=1e-5)
+    assert out.q_values.shape == (B, A) and out.latent.shape == (B, 11, 11, 8)
+    assert out.representation.shape == (B, 11 * 11 * 8)
+
+
+def test_non_dueling_head_has_no_value_stream():
+    cfg = NetworkConfig(width_scale=0.25, hidden_dim=64, dueling=False)
+    net = make_network(cfg, A)
+    params = init_params(net, jax.random.PRNGKey(1), use_spr=False)
+    assert set(params["head"]) == {"advantage"}
+    x, _ = _tiny_inputs()
+    out = jax.jit(lambda p, x: net.apply({"params": p}, x))(params, x)
+    logits = _hand_head(params, np.asarray(out.representation, np.float64), False, 51)
+    np.testing.assert_allclose(out.logits, logits, atol=1e-5)
+
+
+def test_scalar_q_head():
+    cfg = NetworkConfig(width_scale=0.25, hidden_dim=64, num_atoms=1)
+    net = make_network(cfg, A)
+    params = init_params(net, jax.random.PRNGKey(2), use_spr=True)
+    assert params["head"]["value"]["net"]["kernel"].shape == (64, 1)
+    assert params["head"]["advantage"]["net"]["kernel"].shape == (64, A)
+    x, actions = _tiny_inputs()
+    out = jax.jit(lambda p, x: net.apply({"params": p}, x))(params, x)
+    assert out.q_values.shape == (B, A) and out.logits.shape == (B, A, 1)
+    assert out.probabilities is None
+    np.testing.assert_array_equal(out.q_values, out.logits[..., 0])
+    rolled = jax.jit(lambda p, x, a: net.apply({"params": p}, x, a, do_rollout=True))(
+        params, x, actions
+    )
+    assert rolled.latent.shape == (B, K, 64)
+
+
+# --------------------------------------------------------------------- noisy layers
+def test_noisy_parameters_and_their_initialisation():
+    cfg = NetworkConfig(width_scale=0.25, hidden_dim=64, noisy=True)
+    params = init_params(make_network(cfg, A), jax.random.PRNGKey(0), use_spr=True)
+    for layer, n_in in ((params["projection"]["net"], 11 * 11 * 8),
+                        (params["head"]["advantage"]["net"], 64),
+                        (params["head"]["value"]["net"], 64)):
+        assert set(layer) == {"kernel", "kernell", "bias", "biass"}
+        sigma = np.float32(0.5 / np.sqrt(n_in))
+        np.testing.assert_allclose(layer["kernell"], sigma, rtol=1e-7)
+        np.testing.assert_allclose(layer["biass"], sigma, rtol=1e-7)
+        bound = 1 / np.sqrt(n_in)
+        assert np.all(np.abs(layer["bias"]) <= bound) and np.std(layer["bias"]) > bound / 4
+    # The SPR predictor is never noisy.
+    assert set(params["predictor"]) == {"kernel", "bias"}
+
+
+def test_noisy_dense_against_the_factorised_formula():
+    layer = NoisyDense(3)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5)), jnp.float32)
+    params = layer.init(jax.random.PRNGKey(0), x)["params"]
+    params = {**params, "kernell": params["kernell"] * 3.0, "biass": params["biass"] + 0.2}
+    keys = jax.random.split(jax.random.PRNGKey(9), 2)
+    y = layer.apply({"params": params}, x, keys)
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    f = lambda v: np.sign(v) * np.sqrt(np.abs(v))  # noqa: E731
+    for b in range(2):
+        # Both factors from the same per-example key (official).
+        fp = f(np.asarray(jax.random.normal(keys[b], (5, 1)), np.float64))
+        fq = f(np.asarray(jax.random.normal(keys[b], (1, 3)), np.float64))
+        w = p["kernel"] + p["kernell"] * (fp @ fq)
+        expected = np.asarray(x[b], np.float64) @ w + p["bias"] + p["biass"] * fq[0]
+        np.testing.assert_allclose(y[b], expected, atol=1e-5)
+    no_noise = layer.apply({"params": params}, x)
+    np.testing.assert_allclose(no_noise, np.asarray(x, np.float64) @ p["kernel"] + p["bias"],
+                               atol=1e-5)
+
+
+def test_noise_changes_outputs_only_with_noise_keys():
+    cfg = NetworkConfig(width_scale=0.25, hidden_dim=64, noisy=True)
+    net = make_network(cfg, A)
+    params = init_params(net, jax.random.PRNGKey(0), use_spr=True)
+    x, _ = _tiny_inputs()
+    apply = jax.jit(lambda p, x, k: net.apply({"params": p}, x, noise_keys=k).q_values)
+    plain = jax.jit(lambda p, x: net.apply({"params": p}, x).q_values)
+    keys = jax.random.split(jax.random.PRNGKey(3), B)
+    q0, q0_again = plain(params, x), plain(params, x)
+    np.testing.assert_array_equal(q0, q0_again)
+    q1, q1_again = apply(params, x, keys), apply(params, x, keys)
+    np.testing.assert_array_equal(q1, q1_again)
+    assert np.all(np.abs(np.asarray(q1) - np.asarray(q0)).max(axis=1) > 1e-4)
+    q2 = apply(params, x, jax.random.split(jax.random.PRNGKey(4), B))
+    assert np.all(np.abs(np.asarray(q2) - np.asarray(q1)).max(axis=1) > 1e-4)
+    # Without noisy layers the keys are ignored.
+    net_plain = make_network(TINY, A)
+    p_plain = init_params(net_plain, jax.random.PRNGKey(0), use_spr=True)
+    np.testing.assert_array_equal(
+        net_plain.apply({"params": p_plain}, x, noise_keys=keys).q_values,
+        net_plain.apply({"params": p_plain}, x).q_values,
+    )
+
+
+# ---------------------------------------------------------------------- half precision
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_compute(dtype):
+    cfg = NetworkConfig(width_scale=0.25, hidden_dim=64, compute_dtype=dtype)
+    net = make_network(cfg, A)
+    params = init_params(net, jax.random.PRNGKey(0), use_spr=True)
+    assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(params))
+    x, actions = _tiny_inputs(dtype=jnp.dtype(dtype))
+
+    def run(p, x, a):
+        v = {"params": p}
+        return (
+            net.apply(v, x, method=lambda m, x: m.encoder(x)),
+            net.apply(v, x, a, method=lambda m, x, a: m.transition_model(m.encode(x), a))[1],
+            net.apply(v, x, a, do_rollout=True),
+            net.apply(v, x),
+        )
+
+    encoded, latents, rolled, out = jax.jit(run)(params, x, actions)
+    assert encoded.dtype == jnp.dtype(dtype) and latents.dtype == jnp.dtype(dtype)
+    assert out.latent.dtype == jnp.dtype(dtype)
+    for y in (out.q_values, out.logits, out.probabilities, rolled.latent):
+        assert y.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(y)))
+    # Close to the float32 network with the same parameters.
+    ref = make_network(TINY, A).apply({"params": params}, x.astype(jnp.float32))
+    np.testing.assert_allclose(out.q_values, ref.q_values, atol=0.1)
+
+
+# ------------------------------------------------------------------ per-example semantics
+def test_batched_equals_per_example(tiny):
+    net, params = tiny
+    x, actions = _tiny_inputs(seed=3)
+    # Very different scales per example: renormalize and softmax must not mix examples.
+    x = x * jnp.array([1.0, 0.1, 0.5, 0.01])[:, None, None, None]
+
+    def call(p, x, a):
+        return net.apply({"params": p}, x, a, do_rollout=True)
+
+    batched = jax.jit(call)(params, x, actions)
+    single = jax.jit(jax.vmap(lambda xi, ai: call(params, xi[None], ai[None])))(x, actions)
+    for field in ("q_values", "logits", "probabilities", "latent", "representation"):
+        np.testing.assert_allclose(
+            getattr(single, field)[:, 0], getattr(batched, field), atol=1e-6, err_msg=field
+        )
+
+
+# ---------------------------------------------------------------------- cross-check CLI
+_ROW = re.compile(r"^(\S.*?)\s+([0-9.e+-]+|inf)\s+([0-9.e+-]+)\s+(ok|FAIL)(\s+\(.*\))?$")
+
+
+def test_network_small_fixture_verifies_through_the_cli():
+    result = subprocess.run(
+        [sys.executable, "-m", "bbf_jax.crosscheck", "verify", str(FIXTURE)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [m.groups() for m in map(_ROW.match, result.stdout.splitlines()) if m]
+    init_rows = [r for r in rows if r[0].startswith("init params/")]
+    out_rows = [r for r in rows if not r[0].startswith("init params/")]
+    assert len(init_rows) == 42 and len(out_rows) >= 20
+    # Initialisation from PRNGKey(0) is bit-identical; outputs agree to 1e-5.
+    assert all(float(r[1]) == 0.0 for r in init_rows)
+    assert all(float(r[1]) <= 1e-5 for r in out_rows), [r for r in out_rows if float(r[1]) > 1e-5]
+
+
+def _gin(tmp_path, width, hidden):
+    path = tmp_path / f"net_w{width}_h{hidden}.gin"
+    path.write_text(f"NetworkConfig.width_scale = {width}\nNetworkConfig.hidden_dim = {hidden}\n")
+    return str(path)
+
+
+def _export(tmp_path, gin, out):
+    argv = ["export", "--gin_files", gin, "--num_actions", "6", "--seed", "0",
+            "--inputs", str(FIXTURE), "--out", str(out)]
+    return cli.main(argv)
+
+
+def test_export_then_verify_round_trip_tiny(tmp_path, capsys):
+    out = tmp_path / "network_tiny.npz"
+    assert _export(tmp_path, _gin(tmp_path, 0.25, 64), out) == 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["kind"] == "network" and meta["network_config"]["hidden_dim"] == 64
+    capsys.readouterr()
+    assert cli.main(["verify", str(out)]) == 0
+    assert "FAIL" not in capsys.readouterr().out
+
+
+def test_export_width_1_reproduces_the_fixture_bitwise(tmp_path):
+    out = tmp_path / "network_mine.npz"
+    assert _export(tmp_path, _gin(tmp_path, 1, 256), out) == 0
+    with np.load(out) as mine, np.load(FIXTURE) as official:
+        param_keys = [k for k in official.files if k.startswith("params/")]
+        assert sorted(k for k in mine.files if k.startswith("params/")) == sorted(param_keys)
+        for k in param_keys:
+            np.testing.assert_array_equal(mine[k], official[k], err_msg=k)
+        for k in ("out/q_values", "out/logits", "out_rollout/latent", "encode_project"):
+            np.testing.assert_allclose(mine[k], official[k], atol=1e-5, err_msg=k)
+
+
+def test_broken_files_exit_2_with_one_line_each(tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    # Truncated npz.
+    trunc = bad / "network_trunc.npz"
+    trunc.write_bytes(FIXTURE.read_bytes()[:100_000])
+    shutil.copy(FIXTURE.with_suffix(".json"), trunc.with_suffix(".json"))
+    # An array listed in the JSON is missing.
+    missing = bad / "network_missing.npz"
+    with np.load(FIXTURE) as data:
+        np.savez_compressed(missing, **{k: data[k] for k in data.files if k != "out/logits"})
+    shutil.copy(FIXTURE.with_suffix(".json"), missing.with_suffix(".json"))
+    # Invalid JSON companion.
+    badjson = bad / "network_badjson.npz"
+    shutil.copy(FIXTURE, badjson)
+    badjson.with_suffix(".json").write_text('{"description": "x", ')
+    result = subprocess.run(
+        [sys.executable, "-m", "bbf_jax.crosscheck", "verify", str(trunc), str(missing),
+         str(badjson)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("error: ") for line in lines), lines
+    assert "network_trunc.npz" in lines[0] and "npz" in lines[0]
+    assert "network_missing.npz" in lines[1] and "'out/logits'" in lines[1]
+    assert "network_badjson.json" in lines[2] and "JSON" in lines[2]
