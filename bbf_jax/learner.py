@@ -90,6 +90,12 @@ class HParams(NamedTuple):
     encoder_learning_rate: Any
 
 
+def global_norm(tree) -> jax.Array:
+    """``sqrt(sum over leaves of sum(x**2))`` summed leaf by leaf in tree order, the
+    official ``tree_norm`` (so GradNorm matches it bitwise)."""
+    return jnp.sqrt(sum(jnp.sum(x * x) for x in jax.tree.leaves(tree)))
+
+
 @dataclasses.dataclass(frozen=True)
 class Learner:
     """The static parts of the update (network, configs) and its pure functions.
@@ -274,8 +280,8 @@ class Learner:
             "DQNLoss": jnp.mean(terms["dqn_loss"]),
             "TDError": jnp.mean(terms["td_error"]),
             "SPRLoss": jnp.mean(terms["spr_loss"]),
-            "GradNorm": optax.global_norm(grads),
-            "PNorm": optax.global_norm(online),
+            "GradNorm": global_norm(grads),
+            "PNorm": global_norm(online),
             "dqn_loss_per_sample": terms["dqn_loss"],
         }
         if loss_scale is not None:

@@ -36,7 +36,7 @@ state is replicated everywhere.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -74,33 +74,27 @@ def maybe_initialize_distributed(
 
 
 # ------------------------------------------------------------------------- mesh
-def make_mesh(num_devices: int = 0, devices: Sequence[Any] | None = None) -> Mesh:
+def make_mesh(num_devices: int = 0) -> Mesh:
     """1-D mesh over ``num_devices`` devices of every process (0: all local devices).
 
     ``RunConfig.num_devices`` counts devices per process; with P processes the mesh has
     ``P * num_devices`` devices, ordered by process so that each process's devices hold
-    a contiguous block of every minibatch. ``devices`` overrides the choice (one
-    process only).
+    a contiguous block of every minibatch.
     """
-    if devices is None:
-        local = jax.local_device_count()
-        if num_devices < 0 or num_devices > local:
-            raise ValueError(
-                f"num_devices={num_devices} is not in [0, {local}] (0 means all "
-                f"{local} local devices)"
-            )
-        per_process = num_devices or local
-        by_process: dict[int, list] = {}
-        for device in jax.devices():
-            by_process.setdefault(device.process_index, []).append(device)
-        devices = [
-            d
-            for p in sorted(by_process)
-            for d in sorted(by_process[p], key=lambda d: d.id)[:per_process]
-        ]
-    devices = list(devices)
-    if not devices:
-        raise ValueError("make_mesh needs at least one device")
+    local = jax.local_device_count()
+    if not 0 <= num_devices <= local:
+        raise ValueError(
+            f"num_devices={num_devices} is not in [0, {local}] (0 means all {local} local devices)"
+        )
+    per_process = num_devices or local
+    by_process: dict[int, list] = {}
+    for device in jax.devices():
+        by_process.setdefault(device.process_index, []).append(device)
+    devices = [
+        d
+        for p in sorted(by_process)
+        for d in sorted(by_process[p], key=lambda d: d.id)[:per_process]
+    ]
     return Mesh(np.array(devices), (DATA_AXIS,), axis_types=(AxisType.Auto,))
 
 
@@ -164,9 +158,7 @@ def shard_batch(batch: TrainBatch, mesh: Mesh) -> TrainBatch:
     return jax.tree.map(put, batch)
 
 
-def make_put_fn(
-    mesh: Mesh, batches_to_group: int, batch_size: int
-) -> Callable[[Any], TrainBatch]:
+def make_put_fn(mesh: Mesh, batches_to_group: int, batch_size: int) -> Callable[[Any], TrainBatch]:
     """``put_fn`` for :class:`~bbf_jax.replay.BatchPipeline`: host sample -> sharded batch.
 
     ``batch_size`` is the global minibatch size B. Each process's replay samples

@@ -61,7 +61,8 @@ def _official_bbf_shapes(a):
     shapes = {}
     for stage, (c_in, c) in enumerate(((4, 64), (64, 128), (128, 128))):
         for j in range(5):
-            shapes[f"encoder/ResidualStage_{stage}/Conv_{j}/kernel"] = (3, 3, c_in if j == 0 else c, c)
+            kernel = (3, 3, c_in if j == 0 else c, c)
+            shapes[f"encoder/ResidualStage_{stage}/Conv_{j}/kernel"] = kernel
             shapes[f"encoder/ResidualStage_{stage}/Conv_{j}/bias"] = (c,)
     tm = "transition_model/ScanConvTMCell_0"
     shapes[f"{tm}/Conv_0/kernel"] = (3, 3, 128 + a, 128)
@@ -127,8 +128,8 @@ def test_dqn_encoder_output_is_11_by_11_by_64():
     assert out.shape == (2, 11, 11, 64)
 
 
-def test_param_count_of_the_tiny_network():
-    params = init_params(make_network(TINY, A), jax.random.PRNGKey(0), use_spr=True)
+def test_param_count_of_the_tiny_network(tiny):
+    _, params = tiny
     assert param_count(params) == sum(_module_counts(_shapes(TINY, A)).values())
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
 
@@ -169,38 +170,35 @@ def test_dueling_c51_head_against_a_hand_reference(tiny):
     assert out.representation.shape == (B, 11 * 11 * 8)
 
 
-def test_non_dueling_head_has_no_value_stream():
-    cfg = NetworkConfig(width_scale=0.25, hidden_dim=64, dueling=False)
-    net = make_network(cfg, A)
-    params = init_params(net, jax.random.PRNGKey(1), use_spr=False)
-    assert set(params["head"]) == {"advantage"}
-    x, _ = _tiny_inputs()
-    out = jax.jit(lambda p, x: net.apply({"params": p}, x))(params, x)
-    logits = _hand_head(params, np.asarray(out.representation, np.float64), False, 51)
-    np.testing.assert_allclose(out.logits, logits, atol=1e-5)
-
-
-def test_scalar_q_head():
-    cfg = NetworkConfig(width_scale=0.25, hidden_dim=64, num_atoms=1)
+def test_scalar_q_non_dueling_head():
+    cfg = NetworkConfig(width_scale=0.25, hidden_dim=64, num_atoms=1, dueling=False)
     net = make_network(cfg, A)
     params = init_params(net, jax.random.PRNGKey(2), use_spr=True)
-    assert params["head"]["value"]["net"]["kernel"].shape == (64, 1)
+    assert set(params["head"]) == {"advantage"}
     assert params["head"]["advantage"]["net"]["kernel"].shape == (64, A)
     x, actions = _tiny_inputs()
-    out = jax.jit(lambda p, x: net.apply({"params": p}, x))(params, x)
+
+    def run(p, x, a):
+        return net.apply({"params": p}, x), net.apply({"params": p}, x, a, do_rollout=True)
+
+    out, rolled = jax.jit(run)(params, x, actions)
     assert out.q_values.shape == (B, A) and out.logits.shape == (B, A, 1)
     assert out.probabilities is None
     np.testing.assert_array_equal(out.q_values, out.logits[..., 0])
-    rolled = jax.jit(lambda p, x, a: net.apply({"params": p}, x, a, do_rollout=True))(
-        params, x, actions
-    )
+    logits = _hand_head(params, np.asarray(out.representation, np.float64), False, 1)
+    np.testing.assert_allclose(out.logits, logits, atol=1e-5)
     assert rolled.latent.shape == (B, K, 64)
 
 
 # --------------------------------------------------------------------- noisy layers
-def test_noisy_parameters_and_their_initialisation():
-    cfg = NetworkConfig(width_scale=0.25, hidden_dim=64, noisy=True)
-    params = init_params(make_network(cfg, A), jax.random.PRNGKey(0), use_spr=True)
+@pytest.fixture(scope="module")
+def noisy():
+    net = make_network(NetworkConfig(width_scale=0.25, hidden_dim=64, noisy=True), A)
+    return net, init_params(net, jax.random.PRNGKey(0), use_spr=True)
+
+
+def test_noisy_parameters_and_their_initialisation(noisy):
+    _, params = noisy
     for layer, n_in in ((params["projection"]["net"], 11 * 11 * 8),
                         (params["head"]["advantage"]["net"], 64),
                         (params["head"]["value"]["net"], 64)):
@@ -235,37 +233,37 @@ def test_noisy_dense_against_the_factorised_formula():
                                atol=1e-5)
 
 
-def test_noise_changes_outputs_only_with_noise_keys():
-    cfg = NetworkConfig(width_scale=0.25, hidden_dim=64, noisy=True)
-    net = make_network(cfg, A)
-    params = init_params(net, jax.random.PRNGKey(0), use_spr=True)
+def test_noise_changes_outputs_only_with_noise_keys(noisy, tiny):
+    net, params = noisy
+    net_plain, p_plain = tiny
     x, _ = _tiny_inputs()
-    apply = jax.jit(lambda p, x, k: net.apply({"params": p}, x, noise_keys=k).q_values)
-    plain = jax.jit(lambda p, x: net.apply({"params": p}, x).q_values)
-    keys = jax.random.split(jax.random.PRNGKey(3), B)
-    q0, q0_again = plain(params, x), plain(params, x)
+    k1 = jax.random.split(jax.random.PRNGKey(3), B)
+    k2 = jax.random.split(jax.random.PRNGKey(4), B)
+
+    def run(p, pp, x, k1, k2):
+        q = lambda n, p, k: n.apply({"params": p}, x, noise_keys=k).q_values  # noqa: E731
+        return (q(net, p, None), q(net, p, None), q(net, p, k1), q(net, p, k1), q(net, p, k2),
+                q(net_plain, pp, None), q(net_plain, pp, k1))
+
+    q0, q0_again, q1, q1_again, q2, plain, plain_keys = jax.jit(run)(params, p_plain, x, k1, k2)
     np.testing.assert_array_equal(q0, q0_again)
-    q1, q1_again = apply(params, x, keys), apply(params, x, keys)
     np.testing.assert_array_equal(q1, q1_again)
     assert np.all(np.abs(np.asarray(q1) - np.asarray(q0)).max(axis=1) > 1e-4)
-    q2 = apply(params, x, jax.random.split(jax.random.PRNGKey(4), B))
     assert np.all(np.abs(np.asarray(q2) - np.asarray(q1)).max(axis=1) > 1e-4)
     # Without noisy layers the keys are ignored.
-    net_plain = make_network(TINY, A)
-    p_plain = init_params(net_plain, jax.random.PRNGKey(0), use_spr=True)
-    np.testing.assert_array_equal(
-        net_plain.apply({"params": p_plain}, x, noise_keys=keys).q_values,
-        net_plain.apply({"params": p_plain}, x).q_values,
-    )
+    np.testing.assert_array_equal(plain, plain_keys)
 
 
 # ---------------------------------------------------------------------- half precision
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_half_precision_compute(dtype):
+def test_half_precision_compute(dtype, tiny):
     cfg = NetworkConfig(width_scale=0.25, hidden_dim=64, compute_dtype=dtype)
     net = make_network(cfg, A)
-    params = init_params(net, jax.random.PRNGKey(0), use_spr=True)
-    assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(params))
+    shapes = jax.eval_shape(lambda k: init_params(net, k, use_spr=True), jax.random.PRNGKey(0))
+    assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(shapes))
+    # The same tree as the float32 network, so its parameters serve here.
+    net32, params = tiny
+    assert jax.tree.structure(shapes) == jax.tree.structure(params)
     x, actions = _tiny_inputs(dtype=jnp.dtype(dtype))
 
     def run(p, x, a):
@@ -278,12 +276,12 @@ def test_half_precision_compute(dtype):
         )
 
     encoded, latents, rolled, out = jax.jit(run)(params, x, actions)
+    ref = jax.jit(net32.apply)({"params": params}, x.astype(jnp.float32))
     assert encoded.dtype == jnp.dtype(dtype) and latents.dtype == jnp.dtype(dtype)
     assert out.latent.dtype == jnp.dtype(dtype)
     for y in (out.q_values, out.logits, out.probabilities, rolled.latent):
         assert y.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(y)))
     # Close to the float32 network with the same parameters.
-    ref = make_network(TINY, A).apply({"params": params}, x.astype(jnp.float32))
     np.testing.assert_allclose(out.q_values, ref.q_values, atol=0.1)
 
 
@@ -309,13 +307,11 @@ def test_batched_equals_per_example(tiny):
 _ROW = re.compile(r"^(\S.*?)\s+([0-9.e+-]+|inf)\s+([0-9.e+-]+)\s+(ok|FAIL)(\s+\(.*\))?$")
 
 
-def test_network_small_fixture_verifies_through_the_cli():
-    result = subprocess.run(
-        [sys.executable, "-m", "bbf_jax.crosscheck", "verify", str(FIXTURE)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    rows = [m.groups() for m in map(_ROW.match, result.stdout.splitlines()) if m]
+def test_network_small_fixture_verifies_through_the_cli(capsys):
+    status = cli.main(["verify", str(FIXTURE)])
+    stdout = capsys.readouterr().out
+    assert status == 0, stdout
+    rows = [m.groups() for m in map(_ROW.match, stdout.splitlines()) if m]
     init_rows = [r for r in rows if r[0].startswith("init params/")]
     out_rows = [r for r in rows if not r[0].startswith("init params/")]
     assert len(init_rows) == 42 and len(out_rows) >= 20

@@ -35,5 +35,10 @@ def test_a_changed_output_fails(tmp_path, capsys):
 
 def test_unusable_input_is_exit_2(capsys):
     assert main(["torch", str(FIXTURES / "sum_tree.npz")]) == 2
-    assert "supports network and c51_projection" in capsys.readouterr().err
+    assert "supports network, losses and c51_projection" in capsys.readouterr().err
     assert main(["torch", "--gin_files", "x.gin"]) == 2
+    assert "gin file not found: x.gin" in capsys.readouterr().err
+    assert main(["torch"]) == 2
+    assert "needs fixture files or --gin_files" in capsys.readouterr().err
+    assert main(["torch", str(FIXTURES / "c51_projection.npz"), "--gin_files", "x.gin"]) == 2
+    assert "not both" in capsys.readouterr().err

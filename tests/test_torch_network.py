@@ -317,3 +317,12 @@ def test_bad_inputs_name_the_problem(fx, net, inputs):
         tr.network_from_params(fx.subtree("params"), SMALL, num_actions=4)
     with pytest.raises(ValueError, match="float32 only"):
         tr.BBFTorchNetwork(NetworkConfig(compute_dtype="bfloat16"), 6)
+
+
+def test_flax_flatten_index_hand_worked():
+    # C=2, H=1, W=2: torch order (c,h,w) = (0,0,0) (0,0,1) (1,0,0) (1,0,1) sits at Flax
+    # (h,w,c) positions 0, 2, 1, 3.
+    assert tr.flax_flatten_index(2, 1, 2).tolist() == [0, 2, 1, 3]
+    latent = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(1, 2, 3, 4)
+    flax_flat = latent.permute(0, 2, 3, 1).flatten(1)
+    assert torch.equal(flax_flat[:, tr.flax_flatten_index(2, 3, 4)], latent.flatten(1))

@@ -4,7 +4,8 @@
   bbf-crosscheck export --gin_files F [--gin_bindings B ...] --num_actions A --seed S \\
       --inputs FILE --out OUT.npz [--kind network|losses|shrink_perturb]
   bbf-crosscheck torch FILE...            (needs the 'torch' extra)
-  bbf-crosscheck torch --gin_files F --num_actions A --seed S
+  bbf-crosscheck torch --gin_files F [--gin_bindings B ...] --num_actions A --seed S \\
+      [--batch_size B]
 
 Exit status: 0 when every compared array is within tolerance, 1 on any mismatch,
 2 on a file or argument that cannot be used (one clear line, no traceback).

@@ -10,9 +10,12 @@ precision), with the tolerances of the ``losses`` fixture kind.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from collections.abc import Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from bbf_jax.crosscheck import torch_losses as tl
@@ -89,90 +92,85 @@ def _noise_width(learner) -> int:
     return max(latent_channels(net) * h * w, net.hidden_dim, learner.num_actions * net.num_atoms)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _jax_step(learner, state, batch):
+    from bbf_jax import augment
+    from bbf_jax import losses as losses_lib
+    from bbf_jax.networks import BBFNetwork
+
+    agent = learner.agent
+    states = augment.process_inputs(batch.state, learner.compute_dtype)
+    next_states = augment.process_inputs(batch.next_state, learner.compute_dtype)
+    rng = jax.random.split(state.rng, 3)[0]  # the step's key use; augmentation keys unused
+    keys = jax.random.split(jax.random.split(rng, 3)[0], states.shape[0])
+    noise = keys if learner.net.noisy else None
+    td_target = learner.bootstrap_target(state.online, state.target, next_states, batch, keys)
+    spr_targets = None
+    if agent.use_spr:
+        spr_targets = learner.network.apply(
+            {"params": state.target}, states[:, 1:], method=BBFNetwork.encode_project
+        )
+
+    def loss_fn(p):
+        terms = learner.per_sample_losses(p, states[:, 0], batch, td_target, spr_targets, keys)
+        return jnp.mean(terms["loss_weighted"]), terms
+
+    (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.online)
+    apply = learner.network.apply
+    now = apply({"params": state.online}, states[:, 0], None, False, noise)
+    next_online = apply({"params": state.online}, next_states, None, False, noise)
+    next_target = apply({"params": state.target}, next_states, None, False, noise)
+    new_state, metrics = learner.train_step(state, batch, learner.default_hparams())
+    select = next_online if agent.double_dqn else next_target
+    out = {
+        "TotalLoss": metrics["TotalLoss"],
+        "DQNLoss": metrics["DQNLoss"],
+        "TD Error": metrics["TDError"],
+        "SPRLoss": metrics["SPRLoss"],
+        "grad_global_norm": metrics["GradNorm"],
+        "per_sample/dqn_loss": terms["dqn_loss"],
+        "per_sample/td_error": terms["td_error"],
+        "per_sample/spr_loss": terms["spr_loss"],
+        "per_sample/loss_unweighted": terms["loss"],
+        "per_sample/loss_weighted": terms["loss_weighted"],
+        "intermediate/target_distribution": td_target,
+        "intermediate/next_q_online": next_online.q_values,
+        "intermediate/next_qt_argmax": jnp.argmax(select.q_values, axis=-1).astype(jnp.int32),
+        "intermediate/next_probabilities_target": next_target.probabilities,
+        "intermediate/logits": now.logits,
+        "intermediate/chosen_action_logits": jnp.take_along_axis(
+            now.logits, batch.action[:, 0, None, None], axis=1
+        )[:, 0],
+        "grads": grads,
+        "new_online_params": new_state.online,
+        "new_target_params": new_state.target,
+    }
+    if agent.use_spr:
+        rolled = apply({"params": state.online}, states[:, 0], batch.action[:, :-1], True, noise)
+        _, per_jump = losses_lib.spr_loss(rolled.latent, spr_targets, batch.same_trajectory[:, 1:])
+        out["per_sample/spr_loss_per_jump"] = per_jump
+        out["intermediate/spr_predictions"] = rolled.latent
+        out["intermediate/spr_targets"] = spr_targets
+    stream = None
+    if learner.net.noisy:
+        width = _noise_width(learner)
+        stream = jax.vmap(lambda k: jax.random.normal(k, (width,)))(keys)
+    return out, stream
+
+
 def jax_outputs(learner, state, batch) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """bbf_jax's side under the names of :func:`torch_train.train_step_outputs`.
+
+    One jitted computation (compiled once per learner): ``Learner.train_step`` for the
+    metrics and new parameters, plus its pieces (``bootstrap_target``,
+    ``per_sample_losses``, network applies) for the intermediates and gradients.
 
     Returns ``(outputs, noise)``: ``noise`` is the ``(B, N)`` per-example normal stream
     of noisy nets (None otherwise), drawn from the per-example keys that
     ``Learner.train_step`` derives from ``state.rng`` (spec §5.3), so the torch step
     can be fed the same noise.
     """
-    import jax
-    import jax.numpy as jnp
-
-    from bbf_jax import augment
-    from bbf_jax import losses as losses_lib
-    from bbf_jax.networks import BBFNetwork
-
-    agent = learner.agent
-    hparams = learner.default_hparams()
-    width = _noise_width(learner)
-
-    @jax.jit
-    def run(state, batch):
-        states = augment.process_inputs(batch.state, learner.compute_dtype)
-        next_states = augment.process_inputs(batch.next_state, learner.compute_dtype)
-        rng = jax.random.split(state.rng, 3)[0]  # the step's key use, augmentation unused
-        keys = jax.random.split(jax.random.split(rng, 3)[0], states.shape[0])
-        noise = keys if learner.net.noisy else None
-        td_target = learner.bootstrap_target(state.online, state.target, next_states, batch, keys)
-        spr_targets = None
-        if agent.use_spr:
-            spr_targets = learner.network.apply(
-                {"params": state.target}, states[:, 1:], method=BBFNetwork.encode_project
-            )
-
-        def loss_fn(p):
-            terms = learner.per_sample_losses(p, states[:, 0], batch, td_target, spr_targets, keys)
-            return jnp.mean(terms["loss_weighted"]), terms
-
-        (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.online)
-        apply = learner.network.apply
-        now = apply({"params": state.online}, states[:, 0], None, False, noise)
-        next_online = apply({"params": state.online}, next_states, None, False, noise)
-        next_target = apply({"params": state.target}, next_states, None, False, noise)
-        new_state, metrics = learner.train_step(state, batch, hparams)
-        out = {
-            "TotalLoss": metrics["TotalLoss"],
-            "DQNLoss": metrics["DQNLoss"],
-            "TD Error": metrics["TDError"],
-            "SPRLoss": metrics["SPRLoss"],
-            "grad_global_norm": metrics["GradNorm"],
-            "per_sample/dqn_loss": terms["dqn_loss"],
-            "per_sample/td_error": terms["td_error"],
-            "per_sample/spr_loss": terms["spr_loss"],
-            "per_sample/loss_unweighted": terms["loss"],
-            "per_sample/loss_weighted": terms["loss_weighted"],
-            "intermediate/target_distribution": td_target,
-            "intermediate/next_q_online": next_online.q_values,
-            "intermediate/next_qt_argmax": jnp.argmax(
-                (next_online if agent.double_dqn else next_target).q_values, axis=-1
-            ).astype(jnp.int32),
-            "intermediate/next_probabilities_target": next_target.probabilities,
-            "intermediate/logits": now.logits,
-            "intermediate/chosen_action_logits": jnp.take_along_axis(
-                now.logits, batch.action[:, 0, None, None], axis=1
-            )[:, 0],
-            "grads": grads,
-            "new_online_params": new_state.online,
-            "new_target_params": new_state.target,
-        }
-        if agent.use_spr:
-            rolled = apply(
-                {"params": state.online}, states[:, 0], batch.action[:, :-1], True, noise
-            )
-            _, per_jump = losses_lib.spr_loss(
-                rolled.latent, spr_targets, batch.same_trajectory[:, 1:]
-            )
-            out["per_sample/spr_loss_per_jump"] = per_jump
-            out["intermediate/spr_predictions"] = rolled.latent
-            out["intermediate/spr_targets"] = spr_targets
-        stream = None
-        if learner.net.noisy:
-            stream = jax.vmap(lambda k: jax.random.normal(k, (width,)))(keys)
-        return out, stream
-
-    raw, stream = run(state, batch)
+    raw, stream = _jax_step(learner, state, batch)
     out: dict[str, np.ndarray] = {}
     for key, value in raw.items():
         if isinstance(value, Mapping):
@@ -184,8 +182,6 @@ def jax_outputs(learner, state, batch) -> tuple[dict[str, np.ndarray], np.ndarra
 
 def compare_with_bbf_jax(exp, num_actions: int, seed: int, batch_size: int) -> list[Row]:
     """One row per array of one training step: torch reference vs bbf_jax."""
-    import jax
-
     learner = make_learner(exp, num_actions, batch_size)
     rng = np.random.default_rng(seed)
     state = learner.init(seed)

@@ -1,0 +1,262 @@
+"""Train-step throughput: the jitted, data-parallel grouped update (``bbf_jax.parallel``).
+
+For each network, compute dtype, group size G (gradient steps per dispatch, one
+``lax.scan``) and device count D, builds ``make_parallel_train_steps`` on a mesh of D
+devices, compiles it ahead of time (compile time is reported, never timed with the
+steps), then times ``repeats`` dispatches on a fixed random replay group placed by the
+prefetcher's ``put_fn``, each ended by ``block_until_ready``. Batch: 32 subsequences of
+6 stacks per gradient step (BBF). Networks:
+
+  full   BBF.gin: IMPALA width 4, hidden 2048 (35 M parameters; ~550 GFLOP per step)
+  small  IMPALA width 1/4, hidden 64 (the test-size network, same code path)
+
+``gflop_per_step`` is XLA's cost analysis of one un-grouped gradient step (the scan's
+body is counted once by the analysis of the grouped program, so that one is not used).
+Prints a table; the last line is ``train_step_ms: <median ms per gradient step, full,
+float32, G=2, 1 device>`` (``nan`` when that configuration was not run). Appends one
+row per configuration to ``benchmarks/results/train_step.csv`` (device, JAX version,
+commit, 1-minute load average).
+
+  python benchmarks/train_step.py                          # full sweep
+  python benchmarks/train_step.py --quick                  # CI: small network, ~1 min
+  python benchmarks/train_step.py --networks full --groups 1 2 --dtypes float32 \\
+      --devices 1 --repeats 3                              # full network on a CPU
+  python benchmarks/train_step.py --host-devices 4 ...     # split a CPU into 4 devices
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import time
+
+RESULTS = pathlib.Path(__file__).parent / "results" / "train_step.csv"
+FIELDS = [
+    "date",
+    "commit",
+    "device",
+    "num_local_devices",
+    "jax",
+    "network",
+    "params",
+    "dtype",
+    "G",
+    "batch_size",
+    "devices",
+    "repeats",
+    "compile_s",
+    "dispatch_ms",
+    "step_ms",
+    "steps_per_s",
+    "gflop_per_step",
+    "gflop_per_s",
+    "load_avg_1min",
+    "note",
+]
+NETWORKS = {
+    "full": dict(width_scale=4.0, hidden_dim=2048),
+    "small": dict(width_scale=0.25, hidden_dim=64),
+}
+BATCH_SIZE, NUM_ACTIONS, SEED = 32, 18, 0
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--networks", nargs="+", choices=list(NETWORKS), default=list(NETWORKS))
+    parser.add_argument("--groups", nargs="+", type=int, default=[1, 2, 4, 8])
+    parser.add_argument(
+        "--dtypes", nargs="+", choices=["float32", "bfloat16"], default=["float32", "bfloat16"]
+    )
+    parser.add_argument(
+        "--devices",
+        nargs="+",
+        type=int,
+        help="device counts to try (default 1, 2, 4, ... up to all local)",
+    )
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument(
+        "--quick", action="store_true", help="small network, G in {1, 2}, float32, 3 repeats"
+    )
+    parser.add_argument(
+        "--host-devices", type=int, help="split the host CPU into this many JAX devices"
+    )
+    parser.add_argument("--csv", default=str(RESULTS), help="CSV to append to ('' for none)")
+    parser.add_argument("--note", default="", help="free text stored in every CSV row")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.networks, args.groups, args.dtypes, args.repeats = ["small"], [1, 2], ["float32"], 3
+    if args.repeats < 1 or min(args.groups) < 1:
+        parser.error("--repeats and --groups must be >= 1")
+    return args
+
+
+def cpu_name() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def random_sample(n: int, seq_len: int, seed: int = SEED):
+    """A replay group of ``n`` random subsequences (the layout the replay returns)."""
+    import numpy as np
+
+    from bbf_jax.replay import ReplaySample
+
+    rng = np.random.default_rng(seed)
+    return ReplaySample(
+        state=rng.integers(0, 256, (n, seq_len, 84, 84, 4), dtype=np.uint8),
+        action=rng.integers(0, NUM_ACTIONS, (n, seq_len)).astype(np.int32),
+        returns=rng.normal(size=n).astype(np.float32),
+        discount=np.full(n, 0.997**3, np.float32),
+        terminal=(rng.random(n) < 0.05).astype(np.float32),
+        next_state=rng.integers(0, 256, (n, 84, 84, 4), dtype=np.uint8),
+        same_trajectory=np.ones((n, seq_len), np.float32),
+        sampling_priority=rng.uniform(0.5, 2.0, n).astype(np.float32),
+        indices=np.arange(n),
+    )
+
+
+def measure(network: str, dtype: str, group: int, devices: int, repeats: int) -> dict:
+    """Compiles and times one configuration; returns the numbers of one CSV row."""
+    import jax
+    import numpy as np
+
+    from bbf_jax import parallel
+    from bbf_jax.config import AgentConfig, NetworkConfig
+    from bbf_jax.learner import make_learner
+    from bbf_jax.networks import param_count
+
+    agent = AgentConfig(batch_size=BATCH_SIZE, batches_to_group=group)
+    learner = make_learner(
+        agent, NetworkConfig(**NETWORKS[network], compute_dtype=dtype), NUM_ACTIONS
+    )
+    mesh = parallel.make_mesh(devices)
+    state = parallel.replicate(jax.jit(learner.init, static_argnums=0)(SEED), mesh)
+    params = param_count(state.online)
+    put = parallel.make_put_fn(mesh, group, BATCH_SIZE)
+    batch = put(random_sample(group * BATCH_SIZE, agent.jumps + 1))
+    hparams = parallel.replicate(learner.default_hparams(), mesh)
+    step = parallel.make_parallel_train_steps(learner, mesh)
+
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch, hparams).compile()
+    compile_s = time.perf_counter() - t0
+    # FLOPs of one gradient step, from the lowered single-step program (not compiled).
+    one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), batch)
+    cost = (
+        jax.jit(learner.train_step)
+        .lower(jax.eval_shape(lambda: state), one, hparams)
+        .cost_analysis()
+    )
+    gflop = float(cost.get("flops", float("nan"))) / 1e9 if cost else float("nan")
+
+    state, metrics = compiled(state, batch, hparams)  # warm-up: allocations, caches
+    jax.block_until_ready((state, metrics))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, batch, hparams)
+        jax.block_until_ready((state, metrics))
+        times.append(time.perf_counter() - t0)
+    if not np.all(np.isfinite(np.asarray(metrics["TotalLoss"]))):
+        raise FloatingPointError(f"non-finite loss in {network}/{dtype}/G={group}/D={devices}")
+    dispatch_ms = float(np.median(times)) * 1e3
+    step_ms = dispatch_ms / group
+    return dict(
+        network=network,
+        params=params,
+        dtype=dtype,
+        G=group,
+        batch_size=BATCH_SIZE,
+        devices=devices,
+        repeats=repeats,
+        compile_s=f"{compile_s:.1f}",
+        dispatch_ms=f"{dispatch_ms:.1f}",
+        step_ms=f"{step_ms:.1f}",
+        steps_per_s=f"{1e3 / step_ms:.3f}",
+        gflop_per_step=f"{gflop:.1f}",
+        gflop_per_s=f"{gflop / step_ms * 1e3:.1f}",
+        load_avg_1min=f"{os.getloadavg()[0]:.2f}",
+    )
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.host_devices:
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "")
+            + f" --xla_force_host_platform_device_count={args.host_devices}"
+        )
+    import jax
+
+    local = jax.local_device_count()
+    devices = args.devices or [d for d in (1, 2, 4, 8, 16) if d <= local]
+    if max(devices) > local:
+        raise SystemExit(f"--devices {max(devices)} > {local} local devices")
+    kind = jax.devices()[0].device_kind
+    device = f"{kind} ({cpu_name()})" if jax.default_backend() == "cpu" else kind
+    common = dict(
+        date=datetime.date.today().isoformat(),
+        commit=commit(),
+        device=device,
+        num_local_devices=local,
+        jax=jax.__version__,
+        note=args.note,
+    )
+    print(f"device: {device}, {local} local devices, jax {jax.__version__}")
+    header = (
+        "network",
+        "dtype",
+        "G",
+        "devices",
+        "compile_s",
+        "dispatch_ms",
+        "step_ms",
+        "steps_per_s",
+        "gflop_per_step",
+        "gflop_per_s",
+    )
+    print(" ".join(f"{h:>14}" for h in header), flush=True)
+    rows, headline = [], float("nan")
+    for network in args.networks:
+        for dtype in args.dtypes:
+            for group in args.groups:
+                for d in devices:
+                    row = measure(network, dtype, group, d, args.repeats) | common
+                    rows.append(row)
+                    print(" ".join(f"{row[h]!s:>14}" for h in header), flush=True)
+                    if (network, dtype, group, d) == ("full", "float32", 2, 1):
+                        headline = float(row["step_ms"])
+    if args.csv:
+        path = pathlib.Path(args.csv)
+        new = not path.exists()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+    print(f"train_step_ms: {headline:.1f}" if headline == headline else "train_step_ms: nan")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
