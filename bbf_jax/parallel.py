@@ -28,10 +28,18 @@ The mesh axis is :data:`DATA_AXIS` with ``AxisType.Auto``: ``jax.make_mesh`` def
 the learner's reshapes (e.g. merging batch and time for augmentation) would need
 explicit sharding annotations.
 
+Reduced precision: bfloat16/float16 compute and the float16 loss scale work unchanged
+(the ``DynamicScale`` state is replicated like the rest). Each device sums the gradient
+of its own rows in the compute dtype before the float32 all-reduce, so results agree
+across device counts only to that dtype's resolution, and with float16 whether a step
+overflows (and is skipped) can depend on the device count, as it would under ``pmap``.
+
 Multi-host: after :func:`maybe_initialize_distributed` every process runs the same
 program; the mesh spans the first ``num_devices`` local devices of every process, each
 process feeds its own ``B / P`` rows of every minibatch (from its own replay), and the
-state is replicated everywhere.
+state is replicated everywhere. Per-sample metrics (``dqn_loss_per_sample``) then span
+processes: read the local rows with ``addressable_shards`` or gather them with
+``jax.experimental.multihost_utils.process_allgather``.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import sys
 import time
 
 import jax
@@ -106,6 +107,18 @@ class Runner:
         self._log_acc: dict[str, list] = {}
 
     # --------------------------------------------------------------- setup
+    def describe(self) -> str:
+        """One line on what this run is."""
+        d, cfg = self.derived, self.cfg
+        n_params = sum(x.size for x in jax.tree.leaves(self.state.online))
+        return (
+            f"bbf-train: {self.env.game} ({self.env.num_actions} actions), seed {cfg.run.seed}, "
+            f"{n_params:,} parameters, {d.gradient_steps_per_update} gradient step(s) every "
+            f"{d.update_period} agent step(s) in groups of {d.batches_to_group}, "
+            f"{cfg.run.num_train_steps + 1:,} agent steps, {self.mesh.size} device(s) "
+            f"[{jax.devices()[0].platform}], output in {self.base_dir}"
+        )
+
     def _pipeline(self) -> BatchPipeline:
         if self.pipeline is None:
             group = self.derived.group_size
@@ -297,7 +310,8 @@ class Runner:
         tb = metrics_io.TensorBoard(self.base_dir, purge_step=self.agent_step or None)
         total = cfg.run.num_train_steps + 1
         bar = tqdm.tqdm(total=total, initial=self.agent_step, desc=f"train {self.env.game}",
-                        disable=not self.progress, unit="step", dynamic_ncols=True)
+                        disable=not self.progress, unit="step", dynamic_ncols=True,
+                        mininterval=0.5 if sys.stderr.isatty() else 30.0)
         window_start, window_step = time.perf_counter(), self.agent_step
         last_return = None
         try:
@@ -322,7 +336,10 @@ class Runner:
                     train_log.write(row)
                     tb.scalars(self.agent_step, {f"Train/{k}": row[k] for k in
                                                  (*SCALAR_METRICS, "steps_per_second")})
-                    bar.set_postfix(loss=f"{row['TotalLoss']:.3f}", ret=last_return, refresh=False)
+                    postfix = {"loss": f"{row['TotalLoss']:.3f}"}
+                    if last_return is not None:
+                        postfix["return"] = last_return
+                    bar.set_postfix(postfix, refresh=False)
                 if cfg.run.eval_every and self.agent_step % cfg.run.eval_every == 0 \
                         and self.agent_step < total:
                     result = self.evaluate(cfg.run.num_eval_episodes)

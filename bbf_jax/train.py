@@ -80,8 +80,8 @@ def main(argv=None) -> int:
                    indent=1, default=list)
     )
     try:
-        runner = Runner(cfg, base_dir, config_files=args.gin_files,
-                        progress=not args.no_progress and sys.stderr.isatty())
+        runner = Runner(cfg, base_dir, config_files=args.gin_files, progress=not args.no_progress)
+        print(runner.describe(), flush=True)
         result = runner.run()
     except CheckpointError as e:
         return _fail(str(e))

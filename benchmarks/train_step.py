@@ -150,7 +150,8 @@ def measure(network: str, dtype: str, group: int, devices: int, repeats: int) ->
         agent, NetworkConfig(**NETWORKS[network], compute_dtype=dtype), NUM_ACTIONS
     )
     mesh = parallel.make_mesh(devices)
-    state = parallel.replicate(jax.jit(learner.init, static_argnums=0)(SEED), mesh)
+    # Eager init: XLA:CPU spends minutes optimising a jitted init of the full network.
+    state = parallel.replicate(learner.init(SEED), mesh)
     params = param_count(state.online)
     put = parallel.make_put_fn(mesh, group, BATCH_SIZE)
     batch = put(random_sample(group * BATCH_SIZE, agent.jumps + 1))
