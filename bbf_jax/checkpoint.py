@@ -61,10 +61,8 @@ class RunCheckpointer:
 
     def __init__(self, base_dir: str | pathlib.Path, max_to_keep: int = 2):
         self.directory = pathlib.Path(base_dir).resolve() / "checkpoints"
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
-        )
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()

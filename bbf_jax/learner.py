@@ -42,7 +42,8 @@ class TrainState:
       opt_state: optax state of :func:`~bbf_jax.optim.make_optimizer`.
       loss_scale: flax ``DynamicScale`` for float16 compute, else None.
       rng: PRNG key of the training stream (split once per dispatch and per reset).
-      act_rng: PRNG key of action selection.
+      act_rng: initial PRNG key of action selection (the runner carries the live key of
+        each process on the host side).
       grad_step: int32, gradient steps so far (target update period counter).
       cycle_step: int32, gradient steps since the last reset (schedules).
     """

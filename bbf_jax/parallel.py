@@ -201,3 +201,30 @@ def make_parallel_train_steps(learner: Learner, mesh: Mesh) -> Callable:
         out_shardings=(replicated(mesh), None),
         donate_argnums=donate,
     )
+
+
+# ------------------------------------------------------------------ host access
+def local_replica(tree):
+    """This process's copy of a replicated tree (e.g. parameters to act with).
+
+    Multi-process arrays span devices of other processes and cannot be fetched whole;
+    each leaf's first local shard is the full value when the tree is replicated.
+    """
+    return jax.tree.map(
+        lambda x: x if x.is_fully_addressable else x.addressable_data(0), tree
+    )
+
+
+def local_rows(x, axis: int = 1) -> np.ndarray:
+    """The rows of a batch-sharded array that this process fed (in order) as numpy.
+
+    One process: the whole array. Several: the local shards along ``axis``
+    (``(G, B, ...)`` arrays are sharded on axis 1), replicas dropped.
+    """
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    shards = {}
+    for shard in x.addressable_shards:
+        start = shard.index[axis].start or 0
+        shards.setdefault(start, np.asarray(shard.data))
+    return np.concatenate([shards[k] for k in sorted(shards)], axis=axis)

@@ -18,6 +18,7 @@ agent steps run (spec §9.4). Evaluation follows (spec §9.5).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import pathlib
 import sys
@@ -53,6 +54,14 @@ def fingerprint(cfg: ExperimentConfig) -> dict:
     return json.loads(json.dumps(fp, default=list))
 
 
+def params_digest(params) -> str:
+    """sha256 of the acting parameters' bytes (leaves in tree order), to compare runs."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(jax.device_get(params)):
+        h.update(np.ascontiguousarray(leaf).tobytes())
+    return h.hexdigest()
+
+
 class Runner:
     """One training run of one game and seed, writing everything under ``base_dir``.
 
@@ -71,15 +80,27 @@ class Runner:
         self.progress = progress
         self.derived = derive(cfg.agent, n_envs=1)
         seed = cfg.run.seed
-        self.env = AtariEnv(cfg.env.game, cfg.env, seed=seed)
+        # In a multi-process job every process collects its own data: host-side seeds
+        # (emulator, no-ops, replay) differ per process; the learner state is shared.
+        self.process = jax.process_index()
+        host_seed = seed if jax.process_count() == 1 else [seed, self.process]
+        self.env = AtariEnv(
+            cfg.env.game, cfg.env,
+            seed=seed if jax.process_count() == 1 else seed * 1000 + self.process,
+        )
         self.learner = make_learner(cfg.agent, cfg.network, self.env.num_actions)
         self.mesh = parallel.make_mesh(cfg.run.num_devices)
         self.train_fn = parallel.make_parallel_train_steps(self.learner, self.mesh)
         put = parallel.make_put_fn(self.mesh, self.derived.batches_to_group, cfg.agent.batch_size)
         # The device batch, plus the host indices its priorities are written back to.
         self.put_batch = lambda sample: (put(sample), sample.indices)
-        self.state = parallel.replicate(self.learner.init(seed), self.mesh)
-        host_seeds = np.random.SeedSequence(seed).spawn(2)
+        init_state = self.learner.init(seed)
+        self.state = parallel.replicate(init_state, self.mesh)
+        # Acting is per process (its own env): the live acting key stays on the host side.
+        self.act_rng = init_state.act_rng
+        if jax.process_count() > 1:
+            self.act_rng = jax.random.fold_in(self.act_rng, self.process)
+        host_seeds = np.random.SeedSequence(host_seed).spawn(2)
         self.noop_rng = np.random.default_rng(host_seeds[0])
         self.replay = SubsequenceReplay.from_config(
             cfg.replay, self.derived, n_envs=1, seed=int(host_seeds[1].generate_state(1)[0])
@@ -121,7 +142,8 @@ class Runner:
 
     def _pipeline(self) -> BatchPipeline:
         if self.pipeline is None:
-            group = self.derived.group_size
+            # Each process samples its own rows of every minibatch (B / P of them).
+            group = self.derived.group_size // jax.process_count()
             self.pipeline = BatchPipeline(
                 lambda n, gamma: self.replay.sample(group, n, gamma),
                 self.put_batch,
@@ -149,12 +171,13 @@ class Runner:
         self.grad_steps += g
         self.cycle_step += g
         pipeline.launch(*self._schedule())  # sampled while the device computes
-        metrics = jax.device_get(metrics)
+        per_sample = parallel.local_rows(metrics.pop("dqn_loss_per_sample"))
+        metrics = jax.device_get(parallel.local_replica(metrics))
         pipeline.sync()  # no buffer mutation while a sample is being drawn
         if self.cfg.replay.prioritized:
             idx, prios = priorities_to_set(
                 indices,
-                np.asarray(metrics["dqn_loss_per_sample"]).reshape(-1),
+                per_sample.reshape(-1),
                 metrics["DQNLoss"],
                 self.cfg.replay.priority_update,
             )
@@ -162,12 +185,16 @@ class Runner:
         for k in SCALAR_METRICS:
             self._log_acc.setdefault(k, []).append(float(np.mean(metrics[k])))
 
+    def _acting_params(self):
+        state = self.state
+        params = state.target if self.cfg.agent.target_action_selection else state.online
+        return parallel.local_replica(params)
+
     def _act(self, epsilon: float) -> int:
-        params = self.state.target if self.cfg.agent.target_action_selection else self.state.online
         key, actions = self._select(
-            params, self.stack.state, self.state.act_rng, jnp.float32(epsilon)
+            self._acting_params(), self.stack.state, self.act_rng, jnp.float32(epsilon)
         )
-        self.state = self.state.replace(act_rng=key)
+        self.act_rng = key
         return int(actions[0])
 
     def step(self) -> dict | None:
@@ -208,7 +235,7 @@ class Runner:
     def evaluate(self, num_episodes: int) -> dict:
         """The official evaluation (spec §9.5) with the acting network and epsilon_eval."""
         cfg = self.cfg
-        params = self.state.target if cfg.agent.target_action_selection else self.state.online
+        params = self._acting_params()
         key = jax.random.fold_in(jax.random.PRNGKey(cfg.run.seed), 2 + self.agent_step)
         eps = jnp.float32(cfg.agent.epsilon_eval)
 
@@ -239,6 +266,7 @@ class Runner:
             "human_normalized_score": human_normalized_score(self.env.game, mean),
             "config": self.config_files,
             "bbf_jax_version": bbf_jax.__version__,
+            "params_sha256": params_digest(params),
         }
 
     # ---------------------------------------------------------- checkpoints
@@ -251,6 +279,7 @@ class Runner:
             "env": env_state,
             "stack": self.stack.state,
             "frame": self.frame,
+            "act_rng": np.asarray(self.act_rng),
         }
         meta = {
             "fingerprint": fingerprint(self.cfg),
@@ -264,10 +293,14 @@ class Runner:
             "noop_rng": self.noop_rng.bit_generator.state,
             "log_acc": self._log_acc,
         }
-        checkpointer.save(self.agent_step, jax.device_get(self.state), host, meta)
+        checkpointer.save(
+            self.agent_step, jax.device_get(parallel.local_replica(self.state)), host, meta
+        )
 
     def _restore(self, checkpointer: ckpt.RunCheckpointer, step: int) -> None:
-        state, host, meta = checkpointer.restore(step, jax.device_get(self.state))
+        state, host, meta = checkpointer.restore(
+            step, jax.device_get(parallel.local_replica(self.state))
+        )
         ckpt.check_fingerprint(meta["fingerprint"], fingerprint(self.cfg), checkpointer.directory)
         self.state = parallel.replicate(state, self.mesh)
         try:
@@ -277,6 +310,7 @@ class Runner:
             raise ckpt.CheckpointError(f"checkpoint {step} does not fit this run: {e}") from None
         self.stack.state[...] = host["stack"]
         self.frame = np.asarray(host["frame"])
+        self.act_rng = jnp.asarray(host["act_rng"], jnp.uint32)
         for k in ("agent_step", "grad_steps", "cycle_step", "next_reset", "num_resets",
                   "episodes"):
             setattr(self, k, int(meta[k]))
@@ -292,8 +326,13 @@ class Runner:
         writes ``eval.json``; returns its content."""
         cfg = self.cfg
         self.base_dir.mkdir(parents=True, exist_ok=True)
-        checkpointer = ckpt.RunCheckpointer(self.base_dir)
-        latest = checkpointer.latest_step()
+        # Orbax coordinates every process of a job on one checkpoint; here each process
+        # has its own host state (env, replay), so multi-process runs do not checkpoint.
+        checkpointer = ckpt.RunCheckpointer(self.base_dir) if jax.process_count() == 1 else None
+        if checkpointer is None:
+            print("bbf-train: note: multi-process runs write no checkpoints (no resume)",
+                  file=sys.stderr)
+        latest = checkpointer.latest_step() if checkpointer else None
         train_log = metrics_io.CsvLog(
             self.base_dir / "train_log.csv",
             ["agent_step", "grad_steps", "num_resets", "steps_per_second", *SCALAR_METRICS],
@@ -346,10 +385,11 @@ class Runner:
                     with (self.base_dir / "evals.jsonl").open("a") as f:
                         f.write(json.dumps(result) + "\n")
                     tb.scalars(self.agent_step, {"Eval/AverageReturns": result["mean_return"]})
-                if cfg.run.checkpoint_every and self.agent_step % cfg.run.checkpoint_every == 0:
+                if checkpointer and cfg.run.checkpoint_every \
+                        and self.agent_step % cfg.run.checkpoint_every == 0:
                     self._save(checkpointer)
             bar.close()
-            if checkpointer.latest_step() != self.agent_step:
+            if checkpointer and checkpointer.latest_step() != self.agent_step:
                 self._save(checkpointer)
             result = self.evaluate(cfg.run.num_eval_episodes)
             tb.scalars(self.agent_step, {"Eval/AverageReturns": result["mean_return"],
@@ -363,4 +403,5 @@ class Runner:
             tb.close()
             if self.pipeline is not None:
                 self.pipeline.close()
-            checkpointer.close()
+            if checkpointer:
+                checkpointer.close()
