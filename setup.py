@@ -11,7 +11,9 @@ _VERSION = re.search(
 ).group(1)
 
 _TORCH = ["torch==2.13.0"]  # the CPU build; a looser range pulls GBs of CUDA wheels
-_TEST = ["pytest>=8.0", "pytest-xdist>=3.5", "hypothesis>=6.100"]
+# rliable cross-checks the report's estimators; its arch dependency fails to import with
+# pandas 3, hence the pandas pin (test extra only).
+_TEST = ["pytest>=8.0", "pytest-xdist>=3.5", "hypothesis>=6.100", "rliable>=1.2.0", "pandas<3"]
 
 setup(
     name="bbf_jax",

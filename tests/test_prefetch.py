@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from bbf_jax.replay import BatchPipeline, ReplaySample, SubsequenceReplay, device_put_fn
+from bbf_jax.replay import BatchPipeline, ReplaySample, SubsequenceReplay
 
 N = 8
 
@@ -153,34 +153,40 @@ def test_pending_round_trip_restores_the_same_batches():
     other.close()
 
 
-def test_device_put_fn_single_device():
+def test_pipeline_feeds_device_batches_through_make_put_fn():
+    from bbf_jax import parallel
+    from bbf_jax.learner import TrainBatch, to_train_batch
+
     rb = _buffer()
-    sample = rb.sample(N, 2, 0.9)
-    put = device_put_fn()
-    with BatchPipeline(lambda n, g: rb.sample(N, n, g), put) as pipe:
+    mesh = parallel.make_mesh(1)
+    put = parallel.make_put_fn(mesh, batches_to_group=2, batch_size=N // 2)
+    with BatchPipeline(lambda n, g: rb.sample(N, n, g), put, "corrected") as pipe:
         batch = pipe.get(2, 0.9)
-    assert isinstance(batch, ReplaySample) and isinstance(batch.state, jax.Array)
-    out = put(sample)
-    _assert_same(out, sample)
+    assert isinstance(batch, TrainBatch) and isinstance(batch.state, jax.Array)
+    assert batch.state.shape[:2] == (2, N // 2)
+    host = to_train_batch(rb.sample(N, 2, 0.9), 2, N // 2)
+    assert host.state.shape == batch.state.shape
 
 
-def test_device_put_fn_shards_over_several_devices():
+def test_make_put_fn_shards_minibatch_rows_over_several_devices():
     code = (
         "import numpy as np, jax\n"
-        "from bbf_jax.replay import SubsequenceReplay, device_put_fn\n"
-        "rb = SubsequenceReplay(64, 1, 2, 3, frame_shape=(2, 2))\n"
+        "from bbf_jax import parallel\n"
+        "from bbf_jax.learner import to_train_batch\n"
+        "from bbf_jax.replay import SubsequenceReplay\n"
+        "rb = SubsequenceReplay(64, 1, 2, 3, frame_shape=(84, 84))\n"
         "for i in range(30):\n"
-        "    rb.add(np.full((1, 2, 2), i, np.uint8), [0], [0.0], [False], [False])\n"
+        "    rb.add(np.full((1, 84, 84), i, np.uint8), [0], [0.0], [False], [False])\n"
         "s = rb.sample(8, 2, 0.9)\n"
-        "b = device_put_fn()(s)\n"
-        "assert len(jax.devices()) == 2\n"
+        "mesh = parallel.make_mesh(2)\n"
+        "b = parallel.make_put_fn(mesh, 2, 4)(s)\n"
         "assert len(b.state.sharding.device_set) == 2\n"
-        "assert b.state.addressable_shards[0].data.shape[0] == 4\n"
-        "assert (np.asarray(b.state) == s.state).all()\n"
+        "assert b.state.addressable_shards[0].data.shape[:2] == (2, 2)\n"
+        "assert (np.asarray(b.state) == to_train_batch(s, 2, 4).state).all()\n"
         "try:\n"
-        "    device_put_fn()(rb.sample(3, 2, 0.9))\n"
+        "    parallel.make_put_fn(mesh, 1, 3)\n"
         "except ValueError as e:\n"
-        "    assert 'evenly' in str(e)\n"
+        "    assert 'does not divide' in str(e)\n"
         "else:\n"
         "    raise AssertionError('no error')\n"
         "print('ok')\n"

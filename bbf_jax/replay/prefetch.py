@@ -31,7 +31,8 @@ class BatchPipeline:
 
     Args:
       sample_fn: ``(n, gamma) -> ReplaySample`` (host arrays).
-      put_fn: ``ReplaySample -> device batch`` (any pytree), e.g. :func:`device_put_fn`.
+      put_fn: ``ReplaySample -> device batch`` (any pytree), e.g.
+        :func:`bbf_jax.parallel.make_put_fn`.
       mode: 'official' (two calls of lag, overlapped with the device step) or
         'corrected' (fresh batch per call).
     """
@@ -123,27 +124,3 @@ class BatchPipeline:
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("BatchPipeline is closed")
-
-
-def device_put_fn(devices: Sequence[Any] | None = None) -> Callable:
-    """``ReplaySample -> ReplaySample`` of jax arrays on ``devices`` (default: all local).
-
-    With one device everything is placed on it; with several, every field is split along
-    its leading (sample) axis over a 1-D mesh named 'data' (N must divide evenly).
-    """
-    import jax
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-    devices = list(devices) if devices is not None else jax.local_devices()
-    if len(devices) == 1:
-        device = devices[0]
-        return lambda sample: jax.device_put(sample, device)
-    sharding = NamedSharding(Mesh(devices, ("data",)), PartitionSpec("data"))
-
-    def put(sample):
-        n = sample[0].shape[0]
-        if n % len(devices):
-            raise ValueError(f"cannot shard {n} samples evenly over {len(devices)} devices")
-        return jax.device_put(sample, sharding)
-
-    return put
