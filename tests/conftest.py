@@ -10,6 +10,8 @@ import os
 import pathlib
 import tempfile
 
+import pytest
+
 
 def _has_gpu() -> bool:
     return pathlib.Path("/dev/nvidia0").exists() or pathlib.Path("/dev/nvidiactl").exists()
@@ -31,3 +33,14 @@ def pytest_configure(config):
     jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
     # Tiny test networks compile in well under the default 1 s threshold on fast machines.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_gin_config():
+    """Gin bindings are process-global: a config parsed in one test (e.g. through a CLI
+    called in-process) must not change the dataclass defaults another test builds."""
+    import gin
+
+    gin.clear_config()
+    yield
+    gin.clear_config()

@@ -25,31 +25,16 @@ def _set_numerics():
 
 
 def _verify(files) -> int:
-    from bbf_jax.crosscheck.fixture_io import FixtureError, format_rows, load_fixture
+    from bbf_jax.crosscheck.fixture_io import verify_files
     from bbf_jax.crosscheck.kinds import detect_kind
 
     _set_numerics()
-    status = 0
-    for f in files:
-        try:
-            fixture = load_fixture(f)
-            kind = detect_kind(fixture)
-            rows = kind.verify(fixture)
-        except FixtureError as e:
-            print(f"error: {e}", file=sys.stderr)
-            status = max(status, 2)
-            continue
-        if not rows:
-            print(f"error: {f}: nothing to compare", file=sys.stderr)
-            status = max(status, 2)
-            continue
-        print(f"== {f} (kind {kind.KIND})")
-        print(format_rows(rows))
-        bad = [r for r in rows if not r.ok]
-        print(f"{len(rows) - len(bad)} passed, {len(bad)} failed")
-        if bad:
-            status = max(status, 1)
-    return status
+
+    def check(fixture):
+        kind = detect_kind(fixture)
+        return f"kind {kind.KIND}", kind.verify(fixture)
+
+    return verify_files(files, check)
 
 
 def _export(args) -> int:

@@ -211,3 +211,32 @@ def format_rows(rows: Iterable[Row]) -> str:
             f"{'ok' if r.ok else 'FAIL'}{note}"
         )
     return "\n".join(lines)
+
+
+def verify_files(files, check) -> int:
+    """Runs ``check(fixture) -> (label, rows)`` on each file and prints its table.
+
+    Returns the exit status: 0 when every row is ok, 1 on any mismatch, 2 when a file
+    cannot be used (one ``error:`` line on stderr, no traceback).
+    """
+    import sys
+
+    status = 0
+    for f in files:
+        try:
+            label, rows = check(load_fixture(f))
+        except FixtureError as e:
+            print(f"error: {e}", file=sys.stderr)
+            status = max(status, 2)
+            continue
+        if not rows:
+            print(f"error: {f}: nothing to compare", file=sys.stderr)
+            status = max(status, 2)
+            continue
+        print(f"== {f} ({label})")
+        print(format_rows(rows))
+        bad = [r for r in rows if not r.ok]
+        print(f"{len(rows) - len(bad)} passed, {len(bad)} failed")
+        if bad:
+            status = max(status, 1)
+    return status

@@ -22,8 +22,7 @@ from bbf_jax.crosscheck.fixture_io import (
     FixtureError,
     Row,
     compare,
-    format_rows,
-    load_fixture,
+    verify_files,
 )
 
 NETWORK_TOL = 1e-5  # relative to max(1, |expected|), as verify
@@ -213,24 +212,8 @@ def run(args) -> int:
     if not args.files:
         print("error: bbf-crosscheck torch needs fixture files or --gin_files", file=sys.stderr)
         return 2
-    status = 0
-    for f in args.files:
-        try:
-            fixture = load_fixture(f)
-            kind = _kind(fixture)
-            rows = _VERIFY[kind](fixture)
-        except FixtureError as e:
-            print(f"error: {e}", file=sys.stderr)
-            status = max(status, 2)
-            continue
-        if not rows:
-            print(f"error: {f}: nothing to compare", file=sys.stderr)
-            status = max(status, 2)
-            continue
-        print(f"== {f} (kind {kind}, PyTorch reference)")
-        print(format_rows(rows))
-        bad = [r for r in rows if not r.ok]
-        print(f"{len(rows) - len(bad)} passed, {len(bad)} failed")
-        if bad:
-            status = max(status, 1)
-    return status
+    def check(fixture):
+        kind = _kind(fixture)
+        return f"kind {kind}, PyTorch reference", _VERIFY[kind](fixture)
+
+    return verify_files(args.files, check)
