@@ -26,13 +26,13 @@ import datetime
 import os
 import pathlib
 import platform
-import subprocess
 import sys
 import time
 
 import ale_py
 import cv2
 import numpy as np
+from machine import commit, cpu_name
 
 from bbf_jax.atari_games import rom_id
 from bbf_jax.envs import AtariEnv, env_seeds
@@ -104,22 +104,10 @@ def bench_vector_env(game: str, num_envs: int, steps: int, cores: int) -> tuple[
 
 
 def machine_info() -> dict:
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     return {
         "date": datetime.date.today().isoformat(),
-        "commit": commit,
-        "cpu": f"{cpu} ({os.cpu_count()} cpus)",
+        "commit": commit(),
+        "cpu": f"{cpu_name()} ({os.cpu_count()} cpus)",
         "python": platform.python_version(),
         "ale_py": ale_py.__version__,
         "numpy": np.__version__,

@@ -16,11 +16,11 @@ import datetime
 import os
 import pathlib
 import platform
-import subprocess
 import sys
 import time
 
 import numpy as np
+from machine import commit, cpu_name
 
 from bbf_jax.replay import SubsequenceReplay
 
@@ -43,24 +43,6 @@ def fill(rb: SubsequenceReplay, count: int, seed: int = 0) -> None:
         rb.add(frames[i % 512], actions[i], rewards[i], terminal[i], ends[i])
         if i >= 2000:
             rb.update_priorities(rng.integers(0, i, 2), rng.uniform(0.5, 2.5, 2))
-
-
-def cpu_name() -> str:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main(argv=None) -> None:

@@ -31,10 +31,10 @@ import csv
 import datetime
 import os
 import pathlib
-import platform
-import subprocess
 import sys
 import time
+
+from machine import commit, cpu_name
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "train_step.csv"
 FIELDS = [
@@ -94,25 +94,6 @@ def parse_args(argv):
     if args.repeats < 1 or min(args.groups) < 1:
         parser.error("--repeats and --groups must be >= 1")
     return args
-
-
-def cpu_name() -> str:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def random_sample(n: int, seq_len: int, seed: int = SEED):

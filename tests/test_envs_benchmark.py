@@ -9,7 +9,9 @@ import pathlib
 SCRIPT = pathlib.Path(__file__).parents[1] / "benchmarks" / "env_throughput.py"
 
 
-def test_env_throughput_writes_rows(tmp_path, capsys):
+def test_env_throughput_writes_rows(tmp_path, capsys, monkeypatch):
+    # As when run as a script: its own folder (shared helpers in machine.py) is importable.
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("env_throughput", SCRIPT)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -1,0 +1,28 @@
+"""What a benchmark row records about where it ran: CPU model and git commit."""
+
+from __future__ import annotations
+
+import pathlib
+import platform
+import subprocess
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo, else what the platform module reports."""
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def commit() -> str:
+    """Short hash of the checked-out commit, 'unknown' outside a git checkout."""
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
