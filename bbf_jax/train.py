@@ -5,10 +5,11 @@
 
 Also ``python -m bbf_jax.train``. ``--seed`` is required: every run of a sweep must say
 which seed it is (``RunConfig.seed`` in gin files is overridden). Re-running with the
-same ``--base_dir`` resumes from its latest checkpoint. A multi-process job
-(``--coordinator_address``) shares one ``--base_dir``, written by process 0. Writes ``config.gin`` (the operative gin config),
-``config.json``, ``train_log.csv``, ``episodes.csv``, TensorBoard events under ``tb/``,
-checkpoints under ``checkpoints/`` and, at the end, ``eval.json``.
+same ``--base_dir`` resumes from its latest checkpoint. Writes ``config.gin`` (the
+operative gin config), ``config.json``, ``train_log.csv``, ``episodes.csv``, TensorBoard
+events under ``tb/``, checkpoints under ``checkpoints/`` and, at the end, ``eval.json``.
+A multi-process job (``--coordinator_address``) shares one ``--base_dir``: all processes
+write the checkpoints, process 0 everything else.
 """
 
 from __future__ import annotations

@@ -21,9 +21,10 @@ GIN_FILES = sorted((ROOT / "gin_configs").glob("*.gin"))
 CACHE = ROOT / ".pytest_cache" / "jax_compilation_cache"
 
 
-def _env():
+def _env(devices: int = 2):
     env = dict(os.environ)
     env.setdefault("JAX_PLATFORMS", "cpu")
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["PYTHONUNBUFFERED"] = "1"
     # Compiled programs are reused across the test's processes (results are unchanged).
     env["JAX_COMPILATION_CACHE_DIR"] = str(CACHE)
@@ -31,11 +32,18 @@ def _env():
     return env
 
 
-def _train(base_dir, *extra, timeout=600):
-    cmd = [sys.executable, "-m", "bbf_jax.train", "--gin_files", SMOKE, "--base_dir",
-           str(base_dir), "--seed", "0", "--no_progress", *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=ROOT,
-                          timeout=timeout)
+def _command(base_dir, *bindings):
+    """One-process bbf-train of the smoke config. These runs use a mesh of 2 CPU devices,
+    so that a job of two processes with 1 device each can be compared with them bit for
+    bit (test_two_processes_compute_the_one_process_run)."""
+    return [sys.executable, "-m", "bbf_jax.train", "--gin_files", SMOKE, "--base_dir",
+            str(base_dir), "--seed", "0", "--no_progress", "--gin_bindings",
+            "RunConfig.num_devices = 2", *bindings]
+
+
+def _train(base_dir, *bindings, timeout=600):
+    return subprocess.run(_command(base_dir, *bindings), capture_output=True, text=True,
+                          env=_env(), cwd=ROOT, timeout=timeout)
 
 
 def _final_params(base_dir):
@@ -68,6 +76,7 @@ def test_smoke_run_writes_results(uninterrupted):
         assert key in result, key
     assert result["game"] == "Breakout"
     assert result["seed"] == 0 and result["num_processes"] == 1
+    assert "2 device(s)" in proc.stdout
     assert result["agent_steps"] == 121  # the official loop runs num_train_steps + 1 steps
     # Training from add_count > 80: steps 81..120, 2 gradient steps each.
     assert result["grad_steps"] == 2 * 40
@@ -88,9 +97,7 @@ def test_smoke_run_writes_results(uninterrupted):
 def test_kill_and_resume_is_bit_identical(uninterrupted, tmp_path):
     base_full, _ = uninterrupted
     base = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "bbf_jax.train", "--gin_files", SMOKE, "--base_dir",
-           str(base), "--seed", "0", "--no_progress"]
-    proc = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_command(base), env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     first = base / "checkpoints" / "60"
     deadline = time.time() + 400
@@ -126,7 +133,7 @@ def test_mismatched_checkpoint_is_a_clear_error(uninterrupted, tmp_path):
     import shutil
 
     shutil.copytree(base_full / "checkpoints", base / "checkpoints")
-    proc = _train(base, "--gin_bindings", "AgentConfig.spr_weight = 2.0")
+    proc = _train(base, "AgentConfig.spr_weight = 2.0")
     assert proc.returncode == 2
     assert "belongs to another run" in proc.stderr and "spr_weight" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -148,17 +155,17 @@ def test_corrupt_checkpoint_is_a_clear_error(uninterrupted, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "extra, message",
+    "binding, message",
     [
-        (["--gin_bindings", "AgentConfig.batch_sise = 4"], "batch_sise"),
-        (["--gin_bindings", "NoSuchConfig.x = 1"], "NoSuchConfig"),
-        (["--gin_bindings", "AgentConfig.replay_ratio = 6"], "invalid replay ratio"),
-        (["--gin_bindings", "EnvConfig.game = 'Zork'"], "unknown Atari 100k game"),
-        (["--gin_bindings", "ReplayConfig.prefetch = 'sometimes'"], "prefetch"),
+        ("AgentConfig.batch_sise = 4", "batch_sise"),
+        ("NoSuchConfig.x = 1", "NoSuchConfig"),
+        ("AgentConfig.replay_ratio = 6", "invalid replay ratio"),
+        ("EnvConfig.game = 'Zork'", "unknown Atari 100k game"),
+        ("ReplayConfig.prefetch = 'sometimes'", "prefetch"),
     ],
 )
-def test_bad_configuration_fails_cleanly(tmp_path, extra, message):
-    proc = _train(tmp_path / "run", *extra, timeout=120)
+def test_bad_configuration_fails_cleanly(tmp_path, binding, message):
+    proc = _train(tmp_path / "run", binding, timeout=120)
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, proc.stderr
@@ -223,7 +230,7 @@ def _start_job(base_dir, num_processes: int) -> list[subprocess.Popen]:
                str(base_dir), "--seed", "0", "--no_progress", "--coordinator_address",
                f"127.0.0.1:{port}", "--num_processes", str(num_processes),
                "--process_id", str(pid)]
-        procs.append(subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
+        procs.append(subprocess.Popen(cmd, env=_env(devices=1), cwd=ROOT, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
     return procs
 
@@ -238,19 +245,6 @@ def _finish(procs, timeout=600) -> list[tuple[str, str]]:
     for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
     return outs
-
-
-@pytest.fixture(scope="module")
-def two_devices_one_process(tmp_path_factory):
-    """The reference: one process with a mesh of 2 CPU devices."""
-    base = tmp_path_factory.mktemp("one_process")
-    env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    cmd = [sys.executable, "-m", "bbf_jax.train", "--gin_files", SMOKE, "--base_dir", str(base),
-           "--seed", "0", "--no_progress", "--gin_bindings", "RunConfig.num_devices = 2"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "2 device(s)" in proc.stdout
-    return base
 
 
 @pytest.fixture(scope="module")
@@ -274,12 +268,12 @@ def two_processes_killed_and_resumed(tmp_path_factory):
     return base, _finish(_start_job(base, 2))
 
 
-def test_two_processes_compute_the_one_process_run(two_devices_one_process,
+def test_two_processes_compute_the_one_process_run(uninterrupted,
                                                    two_processes_killed_and_resumed):
     """Two processes (killed at step 60 and resumed) compute the run of one process on
     the same 2-device mesh: same env stream, same global minibatches and priorities, same
     gradient all-reduce (two operands, so even the float sums agree bit for bit)."""
-    ref = two_devices_one_process
+    ref, _ = uninterrupted
     base, outs = two_processes_killed_and_resumed
     assert "mean return" in outs[0][0] and "process 1 done" in outs[1][0]
     got, want = (json.loads((d / "eval.json").read_text()) for d in (base, ref))
