@@ -56,6 +56,7 @@ from bbf_jax.learner import Learner, TrainBatch, to_train_batch
 
 DATA_AXIS = "data"
 SHUTDOWN_TIMEOUT_S = 24 * 3600
+START_TIMEOUT_S = 3600
 
 
 # ------------------------------------------------------------------ process setup
@@ -84,6 +85,19 @@ def maybe_initialize_distributed(
         shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_S,
     )
     return True
+
+
+def wait_for_all_processes(name: str, timeout_s: int = START_TIMEOUT_S) -> None:
+    """Barrier of all processes through the coordination service (nothing with one).
+
+    Call it before the first device collective: on CPU, the first collective between
+    processes gives up after 30 s if another process is still compiling or loading.
+    """
+    if jax.process_count() == 1:
+        return
+    from orbax.checkpoint import multihost
+
+    multihost.get_barrier_sync_fn()(key=name, timeout_ms=timeout_s * 1000)
 
 
 # ------------------------------------------------------------------------- mesh

@@ -326,6 +326,7 @@ class Runner:
         which neither log nor evaluate)."""
         cfg = self.cfg
         self.base_dir.mkdir(parents=True, exist_ok=True)
+        parallel.wait_for_all_processes("bbf_jax_run_start")
         # Every process takes part in each save (orbax synchronises them); the state
         # saved is the same on all.
         checkpointer = ckpt.RunCheckpointer(self.base_dir)
