@@ -50,13 +50,13 @@ def main(argv=None) -> int:
     parallel.maybe_initialize_distributed(
         args.coordinator_address, args.num_processes, args.process_id
     )
+    import jax
+
     from bbf_jax import gin_utils
     from bbf_jax.atari_games import canonical_game_name
     from bbf_jax.checkpoint import CheckpointError
     from bbf_jax.config import derive
     from bbf_jax.seeds import RunSeeds
-
-    import jax
 
     bindings = [*args.gin_bindings, f"RunConfig.seed = {args.seed}"]
     primary = jax.process_index() == 0
