@@ -341,6 +341,8 @@ class Runner:
         )
         if latest is not None:
             self._restore(checkpointer, latest)
+            if self.primary:
+                print(f"bbf-train: resumed at agent step {self.agent_step}", flush=True)
             train_log.truncate_after(self.agent_step)
             episode_log.truncate_after(self.agent_step)
         else:

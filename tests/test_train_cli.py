@@ -109,6 +109,7 @@ def test_kill_and_resume_is_bit_identical(uninterrupted, tmp_path):
     assert not (base / "eval.json").exists()
     resumed = _train(base)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed at agent step 60" in resumed.stdout
     full = json.loads((base_full / "eval.json").read_text())
     again = json.loads((base / "eval.json").read_text())
     assert again["returns"] == full["returns"]
@@ -275,6 +276,7 @@ def test_two_processes_compute_the_one_process_run(uninterrupted,
     gradient all-reduce (two operands, so even the float sums agree bit for bit)."""
     ref, _ = uninterrupted
     base, outs = two_processes_killed_and_resumed
+    assert "resumed at agent step 60" in outs[0][0]
     assert "mean return" in outs[0][0] and "process 1 done" in outs[1][0]
     got, want = (json.loads((d / "eval.json").read_text()) for d in (base, ref))
     assert got["num_processes"] == 2 and want["num_processes"] == 1
