@@ -305,34 +305,36 @@ class Derived:
 
 
 def derive(agent: AgentConfig, n_envs: int = 1) -> Derived:
-    """Derives update counts from the replay ratio (spec §5.1).
+    """Derives update counts from the replay ratio (spec §5.1), as the official code does.
 
-    ``updates = max(1, replay_ratio * n_envs // batch_size)`` gradient steps every
-    ``update_period = max(1, batch_size // replay_ratio * n_envs)`` env steps, run as
-    ``updates / G`` dispatches of ``G = min(batches_to_group, updates)`` steps.
+    With ``B = batch_size``, ``RR = replay_ratio`` and ``n_envs`` parallel train envs:
+    ``updates = max(1, RR * n_envs // B)`` gradient steps every
+    ``update_period = max(1, B // RR * n_envs)`` env steps, i.e. ``(B // RR) * n_envs``
+    (integer division first, the official ``set_replay_settings``), run as ``updates / G``
+    dispatches of ``G = min(batches_to_group, updates)`` steps. With one env this is
+    ``B / RR`` env steps per gradient step; with ``n_envs > 1`` and ``RR < B`` the official
+    period grows with ``n_envs`` instead of shrinking (kept as is; ``bbf-train`` uses one
+    train env).
 
     Raises:
-      ValueError: if the replay ratio does not give a whole number of gradient
-        steps per env step (or of env steps per gradient step), or if G does not
-        divide the number of gradient steps.
+      ValueError: if the replay ratio does not give a whole number of gradient steps
+        per env step (or of env steps per gradient step), or if G does not divide the
+        number of gradient steps.
     """
     rr, b = agent.replay_ratio, agent.batch_size
-    if rr * n_envs >= b:
-        if (rr * n_envs) % b:
-            raise ValueError(
-                f"invalid replay ratio: AgentConfig.replay_ratio={rr} transitions per env step "
-                f"with batch_size={b} and {n_envs} env(s) is not a whole number of gradient "
-                f"steps ({rr * n_envs / b:g}); use a multiple of {b}"
-            )
-        updates, period = rr * n_envs // b, 1
-    else:
-        if b % (rr * n_envs):
-            raise ValueError(
-                f"invalid replay ratio: AgentConfig.replay_ratio={rr} with batch_size={b} "
-                f"gives one gradient step every {b / (rr * n_envs):g} env steps; "
-                f"use a divisor of {b}"
-            )
-        updates, period = 1, b // (rr * n_envs)
+    if (rr * n_envs) >= b and (rr * n_envs) % b:
+        raise ValueError(
+            f"invalid replay ratio: AgentConfig.replay_ratio={rr} transitions per env step "
+            f"with batch_size={b} and {n_envs} env(s) is not a whole number of gradient "
+            f"steps ({rr * n_envs / b:g}); use a multiple of {b}"
+        )
+    if rr < b and b % rr:
+        raise ValueError(
+            f"invalid replay ratio: AgentConfig.replay_ratio={rr} with batch_size={b} "
+            f"gives one gradient step every {b / rr:g} env steps; use a divisor of {b}"
+        )
+    updates = max(1, rr * n_envs // b)
+    period = max(1, b // rr * n_envs)
     group = min(agent.batches_to_group, updates)
     if updates % group:
         raise ValueError(
