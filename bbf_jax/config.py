@@ -143,12 +143,29 @@ class AgentConfig:
 class ResetConfig:
     """Shrink-and-perturb resets (spec §7).
 
+    A reset (spec §7.2) re-initialises every parameter that is not *kept*; the four
+    ``reset_*`` flags decide what is kept, and ``shrink_perturb_keys`` which of the
+    kept modules are interpolated towards the fresh initialisation instead of being
+    copied unchanged. Defaults are the official agent's (BBF.gin leaves the flags
+    alone): keep encoder and transition model, re-initialise projection, predictor,
+    head and noisy-net sigmas.
+
     Attributes:
       reset_every: env steps between resets; 0 disables resets.
       shrink_factor: weight of the old parameters.
       perturb_factor: weight of the fresh random initialisation.
-      shrink_perturb_keys: top-level parameter modules that are shrink-perturbed;
-        every other module is fully re-initialised.
+      shrink_perturb_keys: top-level modules interpolated as
+        ``shrink_factor * old + perturb_factor * fresh`` when they are kept; kept modules
+        not listed keep their old values; a listed module that is not kept is
+        re-initialised all the same (as in the official code).
+      reset_encoder: re-initialise the encoder (and the SPR transition model); False
+        keeps them.
+      reset_projection: re-initialise the projection (and the SPR predictor); False
+        keeps them.
+      reset_head: re-initialise the Q head (dueling value and advantage); False keeps it.
+      reset_noise: re-initialise the noisy-net sigma leaves (``kernell``, ``biass``);
+        False keeps them wherever they are, also inside re-initialised modules. No
+        effect without noisy nets.
       no_resets_after: no reset is scheduled beyond this env step.
       timing: 'official' (current official code: reset_offset 1 and a strict '>'
         test, resets at 20,002 / 40,003 / 60,004 for BBF) or 'v2023' (the 2023 code:
@@ -159,11 +176,19 @@ class ResetConfig:
     shrink_factor: float = 0.5
     perturb_factor: float = 0.5
     shrink_perturb_keys: tuple[str, ...] = ("encoder", "transition_model")
+    reset_encoder: bool = False
+    reset_projection: bool = True
+    reset_head: bool = True
+    reset_noise: bool = True
     no_resets_after: int = 100_000
     timing: str = "official"
 
     def __post_init__(self):
         _check_choice("ResetConfig", "timing", self.timing, ("official", "v2023"))
+        for name in ("reset_encoder", "reset_projection", "reset_head", "reset_noise"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(
+                    f"ResetConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if isinstance(self.shrink_perturb_keys, str):
             # gin users may write "encoder,transition_model" as in the official gin file.
             keys = tuple(k.strip() for k in self.shrink_perturb_keys.split(",") if k.strip())
