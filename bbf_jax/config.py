@@ -250,6 +250,10 @@ class EnvConfig:
       max_noops: random no-ops at each (re)start are drawn from 0..max_noops-1.
       max_steps_per_episode: agent steps after which an episode is cut.
       terminal_on_life_loss: a lost life is a terminal for learning and stacking.
+      repeat_action_probability: sticky actions: on every emulator frame the previous
+        frame's action is repeated with this probability (the ALE's own RNG, seeded
+        from the run seed). 0.0 as in BBF.gin (the Atari 100k protocol); 0.25 is the
+        protocol of the official ``RR2_BBF+sticky_*`` score files.
     """
 
     game: str = "ChopperCommand"
@@ -257,6 +261,13 @@ class EnvConfig:
     max_noops: int = 30
     max_steps_per_episode: int = 27_000
     terminal_on_life_loss: bool = True
+    repeat_action_probability: float = 0.0
+
+    def __post_init__(self):
+        p = self.repeat_action_probability
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+            raise ValueError(
+                f"EnvConfig.repeat_action_probability must be a number in [0, 1], got {p!r}")
 
 
 @gin.configurable
