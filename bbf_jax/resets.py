@@ -52,7 +52,7 @@ def kept_keys(reset: ResetConfig) -> tuple[str, ...]:
     return keys
 
 
-def copy_kept(source, fresh, keys) -> dict:
+def copy_kept(source, fresh, keys):
     """The official ``copy_params``: a subtree whose name is in ``keys``, at any depth,
     comes from ``source``; every other leaf comes from ``fresh`` (same structure)."""
     if not isinstance(source, Mapping):
