@@ -152,7 +152,11 @@ def test_corrupt_checkpoint_is_a_clear_error(uninterrupted, tmp_path):
         (["--gin_bindings", "AgentConfig.batch_sise = 4"], "batch_sise"),
         (["--gin_bindings", "NoSuchConfig.x = 1"], "NoSuchConfig"),
         (["--gin_bindings", "AgentConfig.replay_ratio = 6"], "invalid replay ratio"),
-        (["--gin_bindings", "EnvConfig.game = 'Zork'"], "unknown Atari 100k game"),
+        (["--gin_bindings", "EnvConfig.game = 'Zork'"], "unknown Atari game 'Zork'"),
+        (["--gin_bindings", "EnvConfig.repeat_action_probability = 1.5"],
+         "EnvConfig.repeat_action_probability must be a number in [0, 1], got 1.5"),
+        (["--gin_bindings", "ResetConfig.reset_head = 'no'"],
+         "ResetConfig.reset_head must be True or False, got 'no'"),
         (["--gin_bindings", "ReplayConfig.prefetch = 'sometimes'"], "prefetch"),
     ],
 )
