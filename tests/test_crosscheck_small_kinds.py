@@ -42,11 +42,26 @@ def test_kinds_recognise_only_their_fixture(kind):
         assert kind.matches(load_fixture(path)) == (name == kind.KIND)
 
 
-@pytest.mark.parametrize("kind", [c51_projection, schedules])
-def test_every_row_is_exact(kind):
-    # (The augmentation rows are exact too: its tolerance is 0 and the CLI test passes.)
+EXACT_ROWS = {  # rows exact by construction: integers, indices, a 0/1 mask, x * (1/255)
+    "c51_projection": {"gamma_with_terminal"},
+    "schedules": {"update_horizon_n", "update_horizon_n_change_points/step",
+                  "update_horizon_n_change_points/n", "n_gamma_table_every_500_steps/n",
+                  "reset_schedule/reset_steps", "reset_schedule/final_next_reset",
+                  "reset_schedule/cumulative_resets"},
+    "augmentation": {"input/x_float"} | {f"partitionable_{m}/crop_offsets_{a}"
+                                          for m in ("true", "false") for a in "hw"},
+}
+
+
+@pytest.mark.parametrize("kind", [c51_projection, schedules, augmentation])
+def test_every_row_is_within_its_bound_and_exact_rows_have_none(kind):
     rows = kind.verify(load_fixture(FILES[kind.KIND]))
-    assert rows and all(r.ok and r.max_abs_err == 0.0 for r in rows)
+    assert rows and all(r.ok for r in rows), [r for r in rows if not r.ok]
+    exact = {r.name for r in rows if r.tol == 0.0}
+    assert exact == EXACT_ROWS[kind.KIND]
+    # The float bounds are a few float32 ulps of the values, no more (the projection:
+    # K + 4 = 55 roundings of a row's mass <= 26.2; a normal draw: 32 of |r| <= 4.6).
+    assert max(r.tol for r in rows) <= 2e-4
 
 
 def _copy_npz(src, dst_dir, edit):

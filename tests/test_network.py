@@ -18,7 +18,7 @@ from bbf_jax.crosscheck import cli
 from bbf_jax.networks import init_params, make_network, param_count
 from bbf_jax.networks.heads import NoisyDense
 
-jax.config.update("jax_default_matmul_precision", "highest")
+pytestmark = pytest.mark.usefixtures("parity")
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "network_small.npz"
 TINY = NetworkConfig(width_scale=0.25, hidden_dim=64)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 
-import jax
 import pytest
 
 from bbf_jax import gin_utils
@@ -16,7 +15,7 @@ from bbf_jax.crosscheck import torch_reference as tr
 from bbf_jax.crosscheck import torch_selfcheck as ts
 from bbf_jax.crosscheck.cli import main
 
-jax.config.update("jax_default_matmul_precision", "highest")
+pytestmark = pytest.mark.usefixtures("parity")
 
 TINY = "NetworkConfig.width_scale = 0.25\nNetworkConfig.hidden_dim = 64\n"
 ARGS = ["--num_actions", "5", "--seed", "1", "--batch_size", "3"]

@@ -7,11 +7,11 @@ target of the torch reference agree with bbf_jax to 1e-5 (scaled by max(1, |valu
 
 from __future__ import annotations
 
-import jax
+import pytest
 
 from bbf_jax.crosscheck.cli import main
 
-jax.config.update("jax_default_matmul_precision", "highest")
+pytestmark = pytest.mark.usefixtures("parity")
 
 
 def test_small_network_agrees_with_bbf_jax(tmp_path, capsys):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 
-import jax
 import numpy as np
 import pytest
 
@@ -21,7 +20,7 @@ from bbf_jax.crosscheck.fixture_io import save_fixture
 from bbf_jax.crosscheck.kinds import losses as losses_kind
 from bbf_jax.learner import make_learner
 
-jax.config.update("jax_default_matmul_precision", "highest")
+pytestmark = pytest.mark.usefixtures("parity")
 
 CASES = ("n3_g0.997", "n3_g0.997_aug")
 ROW = re.compile(r"^(.+?) +[-+.0-9eainf]+ +[-+.0-9eainf]+  (ok|FAIL)(  \(.*\))?$")

@@ -14,14 +14,16 @@ import torch.nn.functional as F
 
 from bbf_jax.config import NetworkConfig
 from bbf_jax.crosscheck import torch_reference as tr
-from bbf_jax.crosscheck.fixture_io import flatten_tree, load_fixture, unflatten_tree
+from bbf_jax.crosscheck.fixture_io import compare, flatten_tree, load_fixture, unflatten_tree
+from bbf_jax.crosscheck.reductions import network_reductions
 
-jax.config.update("jax_default_matmul_precision", "highest")
+pytestmark = pytest.mark.usefixtures("parity")
 tr.set_parity_numerics()
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "network_small.npz"
 SMALL = NetworkConfig(width_scale=1, hidden_dim=256)
-TOL = 1e-5
+# Network outputs: the rounding-noise bound of bbf_jax.tolerance for this network.
+SUMS = network_reductions(SMALL, batch_size=4, jumps=5)
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +41,9 @@ def inputs(fx):
     return torch.from_numpy(fx.get("input/obs_float")), torch.from_numpy(fx.get("input/actions"))
 
 
-def _close(got: torch.Tensor, want: np.ndarray, tol: float = TOL):
-    got = got.detach().numpy()
-    assert got.shape == want.shape
-    err = np.abs(got.astype(np.float64) - want).max()
-    assert err <= tol, err
+def _close(got: torch.Tensor, want: np.ndarray):
+    row = compare("output", got.detach().numpy(), want, SUMS.output(want))
+    assert row.ok, row
 
 
 def _nhwc(x: torch.Tensor) -> torch.Tensor:

@@ -148,12 +148,12 @@ def _jsonable(x):
 
 def compare(name: str, actual, expected, tol: Tolerance | float) -> Row:
     """Compares ``actual`` with ``expected`` under a :class:`~bbf_jax.tolerance.Tolerance`
-    (a float means an elementwise bound). Integer and boolean arrays are always compared
+    (a float or array means an elementwise bound). Integer and boolean arrays are always compared
     exactly; non-finite entries must sit at the same places with the same values. The
     row's error and bound are those of the element closest to (or furthest past) its
     bound, which for a scalar bound is the largest error."""
     if not isinstance(tol, Tolerance):
-        tol = Tolerance(float(tol))
+        tol = Tolerance(tol)
     actual = np.asarray(actual)
     expected = np.asarray(expected)
     if actual.shape != expected.shape:
