@@ -275,9 +275,11 @@ def _leaf_bound(sums, key: str) -> float:
 def _assert_trees_close(ref: dict, got: dict, base: dict, what: str) -> None:
     """``got`` equals ``ref`` within the bounds of :func:`_leaf_bound`.
 
-    Integers (counters, PRNG keys) and the initial state are exact. Metrics: the bound of
-    the global gradient norm (``Reductions.gradient_norm``, the loosest leaf's), relative
-    to the reference's magnitude. Learner state (parameters, target, Adam moments): the
+    Integers (counters, PRNG keys) and the initial state are exact. Metrics: the losses of
+    the first step (same parameters) are forward outputs (``Reductions.output``); the
+    gradient and parameter norms, and every metric after parameters have been updated,
+    get the bound of the global gradient norm (``Reductions.gradient_norm``, the loosest
+    leaf's), relative to the reference's magnitude. Learner state (parameters, target, Adam moments): the
     error of the change since initialisation (``base['init/...']``), in norm and per
     element, relative to the reference's change, plus one float32 rounding of the value
     per step (the state accumulates G * DISPATCHES roundings, each of which may land on
@@ -294,7 +296,8 @@ def _assert_trees_close(ref: dict, got: dict, base: dict, what: str) -> None:
             np.testing.assert_array_equal(a, e, err_msg=f"{what}: {key}")
             continue
         if key.startswith("metrics"):
-            atol = sums.gradient_norm(e).atol
+            forward = key.startswith("metrics0") and "Norm" not in key
+            atol = (sums.output(e) if forward else sums.gradient_norm(e)).atol
             np.testing.assert_allclose(a, e, rtol=0, atol=atol, err_msg=f"{what}: {key}")
             continue
         rel = _leaf_bound(sums, key)
@@ -323,6 +326,25 @@ def test_devices_agree_float32_across_reset(runs, devices):
         - ref["before_reset/state.online['head']['advantage']['net']['kernel']"]
     )
     assert np.abs(moved).max() > 1e-3
+
+
+def test_the_comparison_rejects_data_parallel_bugs(runs):
+    """Gradients summed over 2 devices instead of averaged (Adam's first moment and the
+    gradient norm double), or one device's half-batch loss reported as the metric."""
+    _, loaded, _ = runs
+    ref = loaded["float32_1"]
+    mu = "state.opt_state[0].inner_state[0].mu['encoder']['ResidualStage_0']['Conv_0']['kernel']"
+    summed = dict(ref, **{mu: 2 * ref[mu], "metrics0['GradNorm']": 2 * ref["metrics0['GradNorm']"]})
+    with pytest.raises(AssertionError, match="GradNorm"):
+        _assert_trees_close(ref, summed, ref, "summed")
+    with pytest.raises(AssertionError, match="mu"):
+        _assert_trees_close(ref, dict(summed, **{"metrics0['GradNorm']": ref["metrics0['GradNorm']"]}),
+                            ref, "summed")
+    per_sample = ref["metrics0['dqn_loss_per_sample']"]
+    half = per_sample.reshape(G, 2, B // 2)[:, 0].mean(-1)
+    one_device = dict(ref, **{"metrics0['DQNLoss']": half})
+    with pytest.raises(AssertionError, match="DQNLoss"):
+        _assert_trees_close(ref, one_device, ref, "one device")
 
 
 def test_state_replicated_and_batch_split(runs):
