@@ -102,6 +102,18 @@ def test_corrupted_augmentation_fails(tmp_path, capsys):
     assert failed == ["partitionable_false/crop_offsets_w"]
 
 
+def test_intensity_off_by_1e_4_relative_fails(tmp_path, capsys):
+    def edit(a):
+        noise = a["partitionable_true/intensity_noise"].copy()
+        noise[2] *= np.float32(1 + 1e-4)
+        a["partitionable_true/intensity_noise"] = noise
+
+    status, out, _ = _run(capsys, _copy_npz(FILES["augmentation"], tmp_path, edit))
+    assert status == 1
+    failed = [line.split()[0] for line in out.splitlines() if "FAIL" in line]
+    assert failed == ["partitionable_true/intensity_noise"]
+
+
 def test_corrupted_schedules_fail(tmp_path, capsys):
     meta = json.loads(FILES["schedules"].read_text())
     meta["epsilon_train"]["2500"] = 0.75
