@@ -135,7 +135,8 @@ def gradient(expected, length: int, depth: int, positions: int) -> Tolerance:
     (:func:`gradient_relative`) and elementwise
     ``(noise + KINK_PEAK / sqrt(positions)) * max|e|``."""
     peak = noise(length, depth) + KINK_PEAK / math.sqrt(positions)
-    return Tolerance(peak * magnitude(expected), rel_norm=gradient_relative(length, depth, positions))
+    rel_norm = gradient_relative(length, depth, positions)
+    return Tolerance(peak * magnitude(expected), rel_norm=rel_norm)
 
 
 def relative_error_norm(actual, expected) -> float:

@@ -87,9 +87,8 @@ def test_small_wrong_losses_values_fail(tmp_path, exported, capsys):
         loss[np.argmax(np.abs(loss))] *= np.float32(1 + 1e-4)
         a[case + "per_sample/dqn_loss"] = loss
         # AdamW without its decoupled weight decay: lr * wd * p less movement.
-        a[case + "new_online_params/" + decayed] = (
-            a[case + "new_online_params/" + decayed] + np.float32(1e-4 * 0.1) * a["params/" + decayed]
-        ).astype(np.float32)
+        new = case + "new_online_params/" + decayed
+        a[new] = (a[new] + np.float32(1e-4 * 0.1) * a["params/" + decayed]).astype(np.float32)
 
     bad = tmp_path / "losses_bad.npz"
     _edited_copy(exported("losses"), bad, edit)

@@ -279,11 +279,11 @@ def _assert_trees_close(ref: dict, got: dict, base: dict, what: str) -> None:
     the first step (same parameters) are forward outputs (``Reductions.output``); the
     gradient and parameter norms, and every metric after parameters have been updated,
     get the bound of the global gradient norm (``Reductions.gradient_norm``, the loosest
-    leaf's), relative to the reference's magnitude. Learner state (parameters, target, Adam moments): the
-    error of the change since initialisation (``base['init/...']``), in norm and per
-    element, relative to the reference's change, plus one float32 rounding of the value
-    per step (the state accumulates G * DISPATCHES roundings, each of which may land on
-    the other side when its inputs differ in their last bits).
+    leaf's), relative to the reference's magnitude. Learner state (parameters, target,
+    Adam moments): the error of the change since initialisation (``base['init/...']``),
+    in norm and per element, relative to the reference's change, plus one float32
+    rounding of the value per step (the state accumulates G * DISPATCHES roundings, each
+    of which may land on the other side when its inputs differ in their last bits).
     """
     from bbf_jax import tolerance
 
@@ -334,12 +334,12 @@ def test_the_comparison_rejects_data_parallel_bugs(runs):
     _, loaded, _ = runs
     ref = loaded["float32_1"]
     mu = "state.opt_state[0].inner_state[0].mu['encoder']['ResidualStage_0']['Conv_0']['kernel']"
-    summed = dict(ref, **{mu: 2 * ref[mu], "metrics0['GradNorm']": 2 * ref["metrics0['GradNorm']"]})
+    norm = "metrics0['GradNorm']"
+    summed = dict(ref, **{mu: 2 * ref[mu], norm: 2 * ref[norm]})
     with pytest.raises(AssertionError, match="GradNorm"):
         _assert_trees_close(ref, summed, ref, "summed")
     with pytest.raises(AssertionError, match="mu"):
-        _assert_trees_close(ref, dict(summed, **{"metrics0['GradNorm']": ref["metrics0['GradNorm']"]}),
-                            ref, "summed")
+        _assert_trees_close(ref, dict(summed, **{norm: ref[norm]}), ref, "summed")
     per_sample = ref["metrics0['dqn_loss_per_sample']"]
     half = per_sample.reshape(G, 2, B // 2)[:, 0].mean(-1)
     one_device = dict(ref, **{"metrics0['DQNLoss']": half})

@@ -20,7 +20,6 @@ import pathlib
 import numpy as np
 
 from bbf_jax import tolerance
-from bbf_jax.crosscheck.reductions import network_reductions
 from bbf_jax.crosscheck.fixture_io import (
     Fixture,
     FixtureError,
@@ -32,6 +31,7 @@ from bbf_jax.crosscheck.fixture_io import (
     save_fixture,
     unflatten_tree,
 )
+from bbf_jax.crosscheck.reductions import network_reductions
 
 KIND = "network"
 

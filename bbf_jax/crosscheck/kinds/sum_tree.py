@@ -7,7 +7,8 @@ The stored query fractions (given ones, JAX-drawn ones, and the per-stratum quer
 ``stratified_sample``) are fed to bbf_jax's float32 descent and the sampled indices must
 match exactly. Exact by construction: every node is updated by single float64 additions
 in the order of the set calls, and the descent compares and subtracts float32 values one
-operation at a time (no reduction a compiler could reorder). The JAX random streams themselves are not reproduced (bbf_jax draws from
+operation at a time (no reduction a compiler could reorder). The JAX random streams
+themselves are not reproduced (bbf_jax draws from
 numpy), but the stored stratified queries are checked to lie in their strata.
 """
 
@@ -76,7 +77,8 @@ def verify(fixture: Fixture) -> list[Row]:
         )
         rows.append(compare(p + "nodes", tree.nodes, fixture.get(p + "nodes"), EXACT))
         rows.append(
-            compare(p + "nodes (one vectorised set)", batched.nodes, fixture.get(p + "nodes"), EXACT)
+            compare(p + "nodes (one vectorised set)", batched.nodes, fixture.get(p + "nodes"),
+                    EXACT)
         )
         rows.append(
             compare(p + "total_priority", tree.total, fixture.get(p + "total_priority"), EXACT)
