@@ -14,6 +14,8 @@ from bbf_jax.crosscheck import cli
 from bbf_jax.crosscheck.fixture_io import load_fixture
 from bbf_jax.crosscheck.kinds import augmentation, c51_projection, schedules
 
+pytestmark = pytest.mark.usefixtures("parity")
+
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 FILES = {
     "c51_projection": FIXTURES / "c51_projection.npz",

@@ -1,7 +1,8 @@
 """``bbf-crosscheck torch --gin_files``: the PyTorch reference against a fresh bbf_jax learner.
 
 One training step on both sides (outputs, per-sample losses, gradients, one AdamW step,
-EMA target) must agree to 1e-5 (scaled by max(1, |value|)) on tiny networks.
+EMA target) must agree within the bounds of the tolerance policy (``bbf_jax.tolerance``,
+as applied by ``kinds.losses.output_tolerance``) on tiny networks.
 """
 
 from __future__ import annotations

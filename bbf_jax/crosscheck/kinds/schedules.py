@@ -161,10 +161,10 @@ def verify(fixture: Fixture) -> list[Row]:
 
 def _compare(name: str, actual, expected) -> Row:
     expected = np.asarray(expected)
-    return compare(name, actual, expected, _float_tolerance(expected))
+    return compare(name, actual, expected, float_tolerance(expected))
 
 
-def _float_tolerance(expected: np.ndarray) -> tolerance.Tolerance:
+def float_tolerance(expected: np.ndarray) -> tolerance.Tolerance:
     """The bound of a schedule table of ``expected``'s dtype (integers: exact)."""
     if expected.dtype == np.float64:
         return tolerance.elementwise(expected, F64_OPS, eps=float(np.finfo(np.float64).eps))
