@@ -143,12 +143,29 @@ class AgentConfig:
 class ResetConfig:
     """Shrink-and-perturb resets (spec §7).
 
+    A reset (spec §7.2) re-initialises every parameter that is not *kept*; the four
+    ``reset_*`` flags decide what is kept, and ``shrink_perturb_keys`` which of the
+    kept modules are interpolated towards the fresh initialisation instead of being
+    copied unchanged. Defaults are the official agent's (BBF.gin leaves the flags
+    alone): keep encoder and transition model, re-initialise projection, predictor,
+    head and noisy-net sigmas.
+
     Attributes:
       reset_every: env steps between resets; 0 disables resets.
       shrink_factor: weight of the old parameters.
       perturb_factor: weight of the fresh random initialisation.
-      shrink_perturb_keys: top-level parameter modules that are shrink-perturbed;
-        every other module is fully re-initialised.
+      shrink_perturb_keys: top-level modules interpolated as
+        ``shrink_factor * old + perturb_factor * fresh`` when they are kept; kept modules
+        not listed keep their old values; a listed module that is not kept is
+        re-initialised all the same (as in the official code).
+      reset_encoder: re-initialise the encoder (and the SPR transition model); False
+        keeps them.
+      reset_projection: re-initialise the projection (and the SPR predictor); False
+        keeps them.
+      reset_head: re-initialise the Q head (dueling value and advantage); False keeps it.
+      reset_noise: re-initialise the noisy-net sigma leaves (``kernell``, ``biass``);
+        False keeps them wherever they are, also inside re-initialised modules. No
+        effect without noisy nets.
       no_resets_after: no reset is scheduled beyond this env step.
       timing: 'official' (current official code: reset_offset 1 and a strict '>'
         test, resets at 20,002 / 40,003 / 60,004 for BBF) or 'v2023' (the 2023 code:
@@ -159,11 +176,19 @@ class ResetConfig:
     shrink_factor: float = 0.5
     perturb_factor: float = 0.5
     shrink_perturb_keys: tuple[str, ...] = ("encoder", "transition_model")
+    reset_encoder: bool = False
+    reset_projection: bool = True
+    reset_head: bool = True
+    reset_noise: bool = True
     no_resets_after: int = 100_000
     timing: str = "official"
 
     def __post_init__(self):
         _check_choice("ResetConfig", "timing", self.timing, ("official", "v2023"))
+        for name in ("reset_encoder", "reset_projection", "reset_head", "reset_noise"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(
+                    f"ResetConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if isinstance(self.shrink_perturb_keys, str):
             # gin users may write "encoder,transition_model" as in the official gin file.
             keys = tuple(k.strip() for k in self.shrink_perturb_keys.split(",") if k.strip())
@@ -225,6 +250,10 @@ class EnvConfig:
       max_noops: random no-ops at each (re)start are drawn from 0..max_noops-1.
       max_steps_per_episode: agent steps after which an episode is cut.
       terminal_on_life_loss: a lost life is a terminal for learning and stacking.
+      repeat_action_probability: sticky actions: on every emulator frame the previous
+        frame's action is repeated with this probability (the ALE's own RNG, seeded
+        from the run seed). 0.0 as in BBF.gin (the Atari 100k protocol); 0.25 is the
+        protocol of the official ``RR2_BBF+sticky_*`` score files.
     """
 
     game: str = "ChopperCommand"
@@ -232,6 +261,13 @@ class EnvConfig:
     max_noops: int = 30
     max_steps_per_episode: int = 27_000
     terminal_on_life_loss: bool = True
+    repeat_action_probability: float = 0.0
+
+    def __post_init__(self):
+        p = self.repeat_action_probability
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+            raise ValueError(
+                f"EnvConfig.repeat_action_probability must be a number in [0, 1], got {p!r}")
 
 
 @gin.configurable
@@ -306,34 +342,36 @@ class Derived:
 
 
 def derive(agent: AgentConfig, n_envs: int = 1) -> Derived:
-    """Derives update counts from the replay ratio (spec §5.1).
+    """Derives update counts from the replay ratio (spec §5.1), as the official code does.
 
-    ``updates = max(1, replay_ratio * n_envs // batch_size)`` gradient steps every
-    ``update_period = max(1, batch_size // replay_ratio * n_envs)`` env steps, run as
-    ``updates / G`` dispatches of ``G = min(batches_to_group, updates)`` steps.
+    With ``B = batch_size``, ``RR = replay_ratio`` and ``n_envs`` parallel train envs:
+    ``updates = max(1, RR * n_envs // B)`` gradient steps every
+    ``update_period = max(1, B // RR * n_envs)`` env steps, i.e. ``(B // RR) * n_envs``
+    (integer division first, the official ``set_replay_settings``), run as ``updates / G``
+    dispatches of ``G = min(batches_to_group, updates)`` steps. With one env this is
+    ``B / RR`` env steps per gradient step; with ``n_envs > 1`` and ``RR < B`` the official
+    period grows with ``n_envs`` instead of shrinking (kept as is; ``bbf-train`` uses one
+    train env).
 
     Raises:
-      ValueError: if the replay ratio does not give a whole number of gradient
-        steps per env step (or of env steps per gradient step), or if G does not
-        divide the number of gradient steps.
+      ValueError: if the replay ratio does not give a whole number of gradient steps
+        per env step (or of env steps per gradient step), or if G does not divide the
+        number of gradient steps.
     """
     rr, b = agent.replay_ratio, agent.batch_size
-    if rr * n_envs >= b:
-        if (rr * n_envs) % b:
-            raise ValueError(
-                f"invalid replay ratio: AgentConfig.replay_ratio={rr} transitions per env step "
-                f"with batch_size={b} and {n_envs} env(s) is not a whole number of gradient "
-                f"steps ({rr * n_envs / b:g}); use a multiple of {b}"
-            )
-        updates, period = rr * n_envs // b, 1
-    else:
-        if b % (rr * n_envs):
-            raise ValueError(
-                f"invalid replay ratio: AgentConfig.replay_ratio={rr} with batch_size={b} "
-                f"gives one gradient step every {b / (rr * n_envs):g} env steps; "
-                f"use a divisor of {b}"
-            )
-        updates, period = 1, b // (rr * n_envs)
+    if (rr * n_envs) >= b and (rr * n_envs) % b:
+        raise ValueError(
+            f"invalid replay ratio: AgentConfig.replay_ratio={rr} transitions per env step "
+            f"with batch_size={b} and {n_envs} env(s) is not a whole number of gradient "
+            f"steps ({rr * n_envs / b:g}); use a multiple of {b}"
+        )
+    if rr < b and b % rr:
+        raise ValueError(
+            f"invalid replay ratio: AgentConfig.replay_ratio={rr} with batch_size={b} "
+            f"gives one gradient step every {b / rr:g} env steps; use a divisor of {b}"
+        )
+    updates = max(1, rr * n_envs // b)
+    period = max(1, b // rr * n_envs)
     group = min(agent.batches_to_group, updates)
     if updates % group:
         raise ValueError(

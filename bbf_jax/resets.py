@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import jax
 import jax.numpy as jnp
 
@@ -26,16 +28,52 @@ def interpolate(old, fresh, keys, shrink_factor, perturb_factor) -> dict:
     }
 
 
-def shrink_perturb(old, fresh, reset: ResetConfig) -> dict:
-    """Reset one parameter tree towards a fresh initialisation (spec §7.2 step 4).
+NOISE_LEAVES = ("kernell", "biass")  # noisy-net sigma parameters (spec §3.9)
 
-    Modules in ``reset.shrink_perturb_keys`` become ``shrink * old + perturb * fresh``;
-    every other top-level module (projection, predictor, head for BBF) is replaced
-    by ``fresh``.
+
+def kept_keys(reset: ResetConfig) -> tuple[str, ...]:
+    """Names of the parameter subtrees a reset keeps (spec §7.2 step 3).
+
+    The official ``keys_to_copy``: not ``reset_projection`` -> projection, predictor;
+    not ``reset_encoder`` -> encoder, transition_model; not ``reset_noise`` -> every
+    ``kernell``/``biass`` leaf; not ``reset_head`` -> head. (The official code adds
+    predictor and transition_model only with SPR; without SPR they do not exist.)
+    BBF defaults: ``('encoder', 'transition_model')``.
+    """
+    keys = ()
+    if not reset.reset_projection:
+        keys += ("projection", "predictor")
+    if not reset.reset_encoder:
+        keys += ("encoder", "transition_model")
+    if not reset.reset_noise:
+        keys += NOISE_LEAVES
+    if not reset.reset_head:
+        keys += ("head",)
+    return keys
+
+
+def copy_kept(source, fresh, keys):
+    """The official ``copy_params``: a subtree whose name is in ``keys``, at any depth,
+    comes from ``source``; every other leaf comes from ``fresh`` (same structure)."""
+    if not isinstance(source, Mapping):
+        return fresh
+    return {k: (v if k in keys else copy_kept(v, fresh[k], keys)) for k, v in source.items()}
+
+
+def shrink_perturb(old, fresh, reset: ResetConfig) -> dict:
+    """Reset one parameter tree towards a fresh initialisation (spec §7.2 steps 3-4).
+
+    First the top-level modules in ``reset.shrink_perturb_keys`` become
+    ``shrink * old + perturb * fresh`` (the official ``interpolate_weights``), then
+    every subtree named in :func:`kept_keys` is taken from that result and everything
+    else from ``fresh`` (``copy_params``). So a kept module is interpolated if listed
+    and unchanged if not; a module that is not kept is fresh even when listed. BBF:
+    encoder and transition model half old, half fresh; projection, predictor and head
+    fresh.
     """
     keys = tuple(k for k in reset.shrink_perturb_keys if k in old)
     mixed = interpolate(old, fresh, keys, reset.shrink_factor, reset.perturb_factor)
-    return {k: (mixed[k] if k in keys else fresh[k]) for k in old}
+    return copy_kept(mixed, fresh, kept_keys(reset))
 
 
 def reset_with_key(learner: Learner, state: TrainState, reset_key, reset: ResetConfig):

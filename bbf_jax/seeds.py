@@ -22,8 +22,10 @@ evaluation round ``r``      ``k = (3, r, 0)``: no-op Generator; ``k = (3, r, 1)`
                             seed that ``evaluate`` spawns one emulator seed per env from
 ==========================  =====================================================
 
-``r`` is the agent step at which the evaluation runs. Every process of a multi-process
-run derives the same values (they all step the same env stream).
+``r`` is the agent step at which the evaluation runs. Each ``AtariEnv`` derives two
+streams from its seed ``s``: the emulator's seed (``ale_seed(s)``) and the sticky-action
+draws (``sticky_seed(s)``). Every process of a multi-process run derives the same
+values (they all step the same env stream).
 """
 
 from __future__ import annotations

@@ -1,11 +1,19 @@
-"""Shared test set-up: CPU when no GPU is present, and a persistent JAX compilation cache.
+"""Shared test set-up: CPU when no GPU is present, a persistent JAX compilation cache, and
+the ``parity`` numerics of the parity tests.
 
 The cache lives in pytest's cache directory (a temporary directory when the cache
 plugin is disabled) and is exported as ``JAX_COMPILATION_CACHE_DIR`` so that CLI
 subprocesses started by the tests reuse it too. Both are set before any test module
 imports JAX.
+
+Parity tests pin their numerics with the module-scoped ``parity`` fixture
+(``pytestmark = pytest.mark.usefixtures("parity")``): CPU backend (also on a machine with a
+GPU; GPU tests say so explicitly), float32 and the highest matmul precision, for every
+test of the module and every module-scoped fixture that asks for ``parity``. The
+settings are JAX context managers, which jit reads at trace time and keys its cache on.
 """
 
+import contextlib
 import os
 import pathlib
 import tempfile
@@ -44,3 +52,23 @@ def _fresh_gin_config():
     gin.clear_config()
     yield
     gin.clear_config()
+
+
+@contextlib.contextmanager
+def parity_numerics():
+    """CPU, float32 (no x64), ``jax_default_matmul_precision='highest'``."""
+    import jax
+
+    with (
+        jax.default_device(jax.devices("cpu")[0]),
+        jax.default_matmul_precision("highest"),
+        jax.enable_x64(False),
+    ):
+        yield
+
+
+@pytest.fixture(scope="module")
+def parity():
+    """The numerics of the parity tests for a whole module (see the module docstring)."""
+    with parity_numerics():
+        yield

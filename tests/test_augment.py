@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from bbf_jax import augment as A
+from bbf_jax.crosscheck.fixture_io import compare
+from bbf_jax.crosscheck.kinds.augmentation import draw_tolerance
 
-jax.config.update("jax_default_matmul_precision", "highest")
+pytestmark = pytest.mark.usefixtures("parity")
 
 FIXTURE = np.load(pathlib.Path(__file__).parent / "fixtures" / "augmentation.npz")
 MODES = [("partitionable_true", True), ("partitionable_false", False)]
@@ -28,8 +30,14 @@ def _reference(x, draws, pad=4):
     return out.reshape(x.shape)
 
 
+def _assert_draw_close(actual, expected):
+    # Offsets exactly; float draws and frames within the erf_inv/FMA bound of the policy.
+    row = compare("draw", np.asarray(actual), expected, draw_tolerance(expected))
+    assert row.ok, row
+
+
 @pytest.mark.parametrize("run,partitionable", MODES)
-def test_fixture_bitwise(run, partitionable):
+def test_fixture(run, partitionable):
     x = FIXTURE["input/x_float"]
     with jax.threefry_partitionable(partitionable):
         key = jax.random.PRNGKey(0)
@@ -38,13 +46,13 @@ def test_fixture_bitwise(run, partitionable):
         process = jax.jit(lambda k, u: A.process_inputs(u, jnp.float32, True, k))
         processed = np.asarray(process(key, FIXTURE["input/x_uint8"]))
         draws = A.drq_draws(key, 6)
-    np.testing.assert_array_equal(eager, FIXTURE[f"{run}/output"])
-    np.testing.assert_array_equal(jitted, FIXTURE[f"{run}/output"])
-    np.testing.assert_array_equal(processed, FIXTURE[f"{run}/output_process_inputs"])
+    _assert_draw_close(eager, FIXTURE[f"{run}/output"])
+    _assert_draw_close(jitted, FIXTURE[f"{run}/output"])
+    _assert_draw_close(processed, FIXTURE[f"{run}/output_process_inputs"])
     np.testing.assert_array_equal(np.asarray(draws.offsets_h), FIXTURE[f"{run}/crop_offsets_h"])
     np.testing.assert_array_equal(np.asarray(draws.offsets_w), FIXTURE[f"{run}/crop_offsets_w"])
-    np.testing.assert_array_equal(np.asarray(draws.normal_r), FIXTURE[f"{run}/intensity_normal_r"])
-    np.testing.assert_array_equal(np.asarray(draws.intensity), FIXTURE[f"{run}/intensity_noise"])
+    _assert_draw_close(draws.normal_r, FIXTURE[f"{run}/intensity_normal_r"])
+    _assert_draw_close(draws.intensity, FIXTURE[f"{run}/intensity_noise"])
 
 
 def test_process_inputs_scales_without_augmentation():

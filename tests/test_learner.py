@@ -13,7 +13,7 @@ from bbf_jax.config import AgentConfig, NetworkConfig
 from bbf_jax.learner import HParams, TrainBatch, importance_weights, make_learner, to_train_batch
 from bbf_jax.optim import make_optimizer
 
-jax.config.update("jax_default_matmul_precision", "highest")
+pytestmark = pytest.mark.usefixtures("parity")
 
 G, B, A = 2, 4, 6
 AGENT = AgentConfig(batch_size=B, batches_to_group=G)

@@ -130,10 +130,10 @@ def test_bad_arguments(tmp_path, capsys, args, message):
 
 
 def test_malformed_and_unknown_game_fail_clearly(tmp_path, capsys):
-    write_eval(tmp_path, "bad", "Atlantis", 0, [1.0])
+    write_eval(tmp_path, "bad", "Surround", 0, [1.0])
     status, _, err = run_cli([tmp_path, "--out", tmp_path / "rep"], capsys)
     assert status == 2
-    assert err.startswith("error: ") and "unknown Atari 100k game 'Atlantis'" in err
+    assert err.startswith("error: ") and "unknown Atari game 'Surround'" in err
     (tmp_path / "bad" / "eval.json").write_text('{"game": "Pong"')
     status, _, err = run_cli([tmp_path, "--out", tmp_path / "rep"], capsys)
     assert status == 2 and "cannot read eval.json" in err

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from bbf_jax.atari_games import ATARI_100K_GAMES, human_normalized_score
+from bbf_jax.atari_games import ATARI_55_GAMES, ATARI_100K_GAMES, human_normalized_score
 from bbf_jax.report.runs import (
     ReportInputError,
     collect_runs,
@@ -67,8 +67,8 @@ def test_collect_runs_searches_directories_recursively(tmp_path):
      "lacks required key.*returns"),
     (json.dumps(eval_record(seed="0")), "'seed' has the wrong type"),
     (json.dumps(eval_record(seed=True)), "'seed' has the wrong type"),
-    (json.dumps(eval_record(game="Atlantis", human_normalized_score=1.0)),
-     "unknown Atari 100k game 'Atlantis'"),
+    (json.dumps(eval_record(game="Surround", human_normalized_score=1.0)),
+     "unknown Atari game 'Surround'"),
     (json.dumps(eval_record(returns=())), "non-empty list"),
     (json.dumps(eval_record() | {"returns": [1.0, "x"]}), "non-empty list"),
     (json.dumps(eval_record(eval_episodes=100)), "eval_episodes=100 but 3 returns"),
@@ -103,15 +103,18 @@ def test_duplicate_run_and_missing_paths_are_errors(tmp_path):
         collect_runs([tmp_path / "absent"])
 
 
-@pytest.mark.parametrize("name, rows, per_game", [("official-rr2", 364, {14}),
-                                                  ("official-rr8", 1508, {52, 56, 60})])
-def test_official_sets(name, rows, per_game):
+@pytest.mark.parametrize("name, rows, per_game_26, per_game_29", [
+    ("official-rr2", 767, {14}, {12, 13, 14}), ("official-rr8", 2082, {52, 56, 60}, {16, 18, 20})])
+def test_official_sets(name, rows, per_game_26, per_game_29):
     runs = load_official(name)
     assert len(runs) == rows
     s = ScoreSet(name, tuple(runs))
-    assert s.games == ATARI_100K_GAMES
-    assert {len(s.by_game(g)) for g in s.games} == per_game
-    # The recomputed HNS matches the file's own GameScoreNormalized (float32 rounding).
+    assert s.games == ATARI_55_GAMES
+    assert {len(s.by_game(g)) for g in ATARI_100K_GAMES} == per_game_26
+    assert {len(s.by_game(g)) for g in ATARI_55_GAMES[26:]} == per_game_29
+    assert s.only(ATARI_100K_GAMES).games == ATARI_100K_GAMES
+    # The recomputed HNS matches the file's own GameScoreNormalized (float32 rounding;
+    # tests/test_atari_games.py derives a per-row bound), Video Pinball included.
     fname = name.replace("official-rr", "RR") + "_BBF.csv"
     text = (importlib.resources.files("bbf_jax") / "data" / fname).read_text()
     stored = {line: float(row[4])

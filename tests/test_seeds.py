@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bbf_jax.envs import env_seeds
-from bbf_jax.envs.atari import ale_seed
+from bbf_jax.envs.atari import ale_seed, sticky_seed
 from bbf_jax.seeds import RunSeeds, learner_keys
 
 NUM_EVAL_ENVS = 4
@@ -32,6 +32,7 @@ def derivation(seed: int) -> dict[str, object]:
         "key/network_init": _key(init),
         "key/acting": _key(act),
         "ale/train_env": ale_seed(seeds.train_env),
+        "numpy/train_env_sticky": _first_words(sticky_seed(seeds.train_env)),
         "numpy/train_noops": _first_words(seeds.train_noops),
         "numpy/replay": _first_words(np.random.SeedSequence(seeds.replay)),
     }
@@ -41,6 +42,7 @@ def derivation(seed: int) -> dict[str, object]:
         out[f"numpy/eval{r}_noops"] = _first_words(ev.noop_seed)
         for i, s in enumerate(env_seeds(ev.env_seed, NUM_EVAL_ENVS)):
             out[f"ale/eval{r}_env{i}"] = ale_seed(s)
+            out[f"numpy/eval{r}_env{i}_sticky"] = _first_words(sticky_seed(s))
     return out
 
 

@@ -6,8 +6,11 @@ import json
 import pathlib
 
 import numpy as np
+import pytest
 
 from bbf_jax.crosscheck.cli import main
+
+pytestmark = pytest.mark.usefixtures("parity")
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 

@@ -12,16 +12,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bbf_jax import tolerance
 from bbf_jax.config import NetworkConfig
 from bbf_jax.crosscheck import torch_reference as tr
-from bbf_jax.crosscheck.fixture_io import flatten_tree, load_fixture, unflatten_tree
+from bbf_jax.crosscheck.fixture_io import compare, flatten_tree, load_fixture, unflatten_tree
+from bbf_jax.crosscheck.reductions import network_reductions
 
-jax.config.update("jax_default_matmul_precision", "highest")
+pytestmark = pytest.mark.usefixtures("parity")
 tr.set_parity_numerics()
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "network_small.npz"
 SMALL = NetworkConfig(width_scale=1, hidden_dim=256)
-TOL = 1e-5
+# Network outputs: the rounding-noise bound of bbf_jax.tolerance for this network.
+SUMS = network_reductions(SMALL, batch_size=4, jumps=5)
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +42,10 @@ def inputs(fx):
     return torch.from_numpy(fx.get("input/obs_float")), torch.from_numpy(fx.get("input/actions"))
 
 
-def _close(got: torch.Tensor, want: np.ndarray, tol: float = TOL):
-    got = got.detach().numpy()
-    assert got.shape == want.shape
-    err = np.abs(got.astype(np.float64) - want).max()
-    assert err <= tol, err
+def _close(got: torch.Tensor, want: np.ndarray, tol: tolerance.Tolerance | None = None):
+    """Within ``tol``, by default the output bound of the small network."""
+    row = compare("output", got.detach().numpy(), want, SUMS.output(want) if tol is None else tol)
+    assert row.ok, row
 
 
 def _nhwc(x: torch.Tensor) -> torch.Tensor:
@@ -177,9 +179,10 @@ def test_noisy_layer_matches_materialised_weights():
         ]
     )
     got = layer(torch.from_numpy(x), torch.from_numpy(p_), torch.from_numpy(q_))
-    _close(got, want, 1e-5)
+    _close(got, want, tolerance.network_output(want, x.shape[-1], depth=1))
     # No noise (eval mode) is the plain affine map.
-    _close(layer(torch.from_numpy(x)), x @ w_mu + b_mu, 1e-5)
+    plain = x @ w_mu + b_mu
+    _close(layer(torch.from_numpy(x)), plain, tolerance.network_output(plain, x.shape[-1], 1))
 
 
 def test_one_key_noise_is_a_prefix_stream():
@@ -293,7 +296,8 @@ def test_same_conv_matches_xla(size, kernel, stride):
     conv.bias.data.zero_()
     with torch.no_grad():
         got = conv(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-    _close(got, np.asarray(want), 1e-5)
+    want = np.asarray(want)
+    _close(got, want, tolerance.network_output(want, kernel * kernel * 3, depth=1))
 
 
 # --- bad input ----------------------------------------------------------------------

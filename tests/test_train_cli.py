@@ -161,7 +161,10 @@ def test_corrupt_checkpoint_is_a_clear_error(uninterrupted, tmp_path):
         ("AgentConfig.batch_sise = 4", "batch_sise"),
         ("NoSuchConfig.x = 1", "NoSuchConfig"),
         ("AgentConfig.replay_ratio = 6", "invalid replay ratio"),
-        ("EnvConfig.game = 'Zork'", "unknown Atari 100k game"),
+        ("EnvConfig.game = 'Zork'", "unknown Atari game 'Zork'"),
+        ("EnvConfig.repeat_action_probability = 1.5",
+         "EnvConfig.repeat_action_probability must be a number in [0, 1], got 1.5"),
+        ("ResetConfig.reset_head = 'no'", "ResetConfig.reset_head must be True or False, got 'no'"),
         ("ReplayConfig.prefetch = 'sometimes'", "prefetch"),
     ],
 )

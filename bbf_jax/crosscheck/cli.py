@@ -14,27 +14,30 @@ Exit status: 0 when every compared array is within tolerance, 1 on any mismatch,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 
-def _set_numerics():
+@contextlib.contextmanager
+def _parity_numerics():
+    """Full float32 matmul precision on every backend, for this command only (a context,
+    so that calling :func:`main` in-process leaves JAX's global configuration alone)."""
     import jax
 
-    # Parity is checked at full float32 precision on every backend.
-    jax.config.update("jax_default_matmul_precision", "highest")
+    with jax.default_matmul_precision("highest"):
+        yield
 
 
 def _verify(files) -> int:
     from bbf_jax.crosscheck.fixture_io import verify_files
     from bbf_jax.crosscheck.kinds import detect_kind
 
-    _set_numerics()
-
     def check(fixture):
         kind = detect_kind(fixture)
         return f"kind {kind.KIND}", kind.verify(fixture)
 
-    return verify_files(files, check)
+    with _parity_numerics():
+        return verify_files(files, check)
 
 
 def _export(args) -> int:
@@ -43,14 +46,14 @@ def _export(args) -> int:
     from bbf_jax.crosscheck.fixture_io import FixtureError
     from bbf_jax.gin_utils import ConfigError
 
-    _set_numerics()
     try:
         mod = importlib.import_module(f"bbf_jax.crosscheck.kinds.{args.kind}")
     except ModuleNotFoundError:
         print(f"error: no exporter for kind {args.kind!r}", file=sys.stderr)
         return 2
     try:
-        out = mod.export(args)
+        with _parity_numerics():
+            out = mod.export(args)
     except (FixtureError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -66,8 +69,8 @@ def _torch(args) -> int:
             print("error: PyTorch is not installed; pip install 'bbf_jax[torch]'", file=sys.stderr)
             return 2
         raise
-    _set_numerics()
-    return torch_cli.run(args)
+    with _parity_numerics():
+        return torch_cli.run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from bbf_jax.tolerance import Tolerance, relative_error_norm
+
 
 class FixtureError(Exception):
     """A fixture file that cannot be read or interpreted (message names the problem)."""
@@ -24,13 +26,16 @@ class FixtureError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    """One compared array: ``ok`` iff ``max_abs_err <= tol`` (and shapes match)."""
+    """One compared array: ``ok`` iff ``max_abs_err <= tol`` (and shapes match), and
+    ``rel_err <= rel_tol`` where a relative-norm bound applies."""
 
     name: str
     max_abs_err: float
     tol: float
     ok: bool
     note: str = ""
+    rel_err: float | None = None
+    rel_tol: float | None = None
 
 
 @dataclasses.dataclass
@@ -141,14 +146,20 @@ def _jsonable(x):
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
-def compare(name: str, actual, expected, tol: float) -> Row:
-    """Max-abs-error row; exact for integer/bool arrays (tol then means nothing)."""
+def compare(name: str, actual, expected, tol: Tolerance | float) -> Row:
+    """Compares ``actual`` with ``expected`` under a :class:`~bbf_jax.tolerance.Tolerance`
+    (a float or array means an elementwise bound). Integer and boolean arrays are always compared
+    exactly; non-finite entries must sit at the same places with the same values. The
+    row's error and bound are those of the element closest to (or furthest past) its
+    bound, which for a scalar bound is the largest error."""
+    if not isinstance(tol, Tolerance):
+        tol = Tolerance(tol)
     actual = np.asarray(actual)
     expected = np.asarray(expected)
     if actual.shape != expected.shape:
-        return Row(name, float("inf"), tol, False, f"shape {actual.shape} != {expected.shape}")
+        return Row(name, float("inf"), tol.atol, False, f"shape {actual.shape} != {expected.shape}")
     if expected.size == 0:
-        return Row(name, 0.0, tol, True)
+        return Row(name, 0.0, tol.atol, True)
     if expected.dtype.kind in "biu" and actual.dtype.kind in "biu":
         err = float(np.max(np.abs(actual.astype(np.int64) - expected.astype(np.int64))))
         return Row(name, err, 0.0, err == 0.0)
@@ -158,19 +169,31 @@ def compare(name: str, actual, expected, tol: float) -> Row:
         a[~np.isfinite(a)], e[~np.isfinite(e)]
     )
     finite = np.isfinite(e)
-    err = float(np.max(np.abs(a[finite] - e[finite]))) if finite.any() else 0.0
-    return Row(name, err, tol, bool(same_nonfinite and err <= tol))
+    # The row reports the element that comes closest to (or goes furthest past) its bound.
+    diff = np.abs(a[finite] - e[finite])
+    bound = np.broadcast_to(np.asarray(tol.atol, np.float64), e.shape)[finite]
+    worst = int(np.argmax(diff - bound)) if diff.size else None
+    err, atol = (float(diff[worst]), float(bound[worst])) if diff.size else (0.0, 0.0)
+    ok = bool(same_nonfinite and np.all(diff <= bound))
+    if tol.rel_norm is None:
+        return Row(name, err, atol, ok)
+    both = finite & np.isfinite(a)
+    rel = relative_error_norm(a[both], e[both])
+    return Row(name, err, atol, ok and rel <= tol.rel_norm, rel_err=rel, rel_tol=tol.rel_norm)
 
 
-def compare_trees(prefix: str, actual: Mapping, expected: Mapping, tol: float) -> list[Row]:
+def compare_trees(
+    prefix: str, actual: Mapping, expected: Mapping, tol: Tolerance | float
+) -> list[Row]:
     """Rows for two flat ``{path: array}`` dicts; a missing or extra key is a failed row."""
+    atol = tol.atol if isinstance(tol, Tolerance) else float(tol)
     rows = []
     for key in sorted(set(actual) | set(expected)):
         name = f"{prefix}{key}"
         if key not in actual:
-            rows.append(Row(name, float("inf"), tol, False, "missing in bbf_jax output"))
+            rows.append(Row(name, float("inf"), atol, False, "missing in bbf_jax output"))
         elif key not in expected:
-            rows.append(Row(name, float("inf"), tol, False, "not in the fixture"))
+            rows.append(Row(name, float("inf"), atol, False, "not in the fixture"))
         else:
             rows.append(compare(name, actual[key], expected[key], tol))
     return rows
@@ -205,7 +228,10 @@ def format_rows(rows: Iterable[Row]) -> str:
     width = max([len(r.name) for r in rows] + [5])
     lines = [f"{'array':<{width}}  {'max_abs_err':>12}  {'tol':>9}  ok"]
     for r in rows:
-        note = f"  ({r.note})" if r.note else ""
+        notes = [r.note] if r.note else []
+        if r.rel_tol is not None:
+            notes.append(f"relative norm {r.rel_err:.2e} <= {r.rel_tol:.1e}")
+        note = f"  ({'; '.join(notes)})" if notes else ""
         lines.append(
             f"{r.name:<{width}}  {r.max_abs_err:>12.3e}  {r.tol:>9.1e}  "
             f"{'ok' if r.ok else 'FAIL'}{note}"

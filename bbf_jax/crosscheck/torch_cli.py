@@ -4,7 +4,8 @@
 kinds: ``network`` (every ``out*/``, ``encode_project`` and ``intermediate/`` array),
 ``losses`` (one training step per case, official README §4) and ``c51_projection``.
 ``torch --gin_files F ...`` compares with a freshly initialised bbf_jax learner
-(:mod:`bbf_jax.crosscheck.torch_selfcheck`). Both print the same table as ``verify``.
+(:mod:`bbf_jax.crosscheck.torch_selfcheck`). Both print the same table as ``verify``,
+with the bounds of :mod:`bbf_jax.tolerance` (the same functions as ``verify``).
 """
 
 from __future__ import annotations
@@ -24,10 +25,8 @@ from bbf_jax.crosscheck.fixture_io import (
     compare,
     verify_files,
 )
+from bbf_jax.crosscheck.reductions import network_reductions
 
-NETWORK_TOL = 1e-5  # relative to max(1, |expected|), as verify
-C51_TOL = 1e-6
-LOSSES_TOL = 1e-5  # relative to max(1, |expected|), as kinds/losses.py
 LOSSES_SETTINGS = torch_train.StepSettings()  # the official call: spr 5, double DQN, tau 0.005
 AUG_NOTE = (
     "pre-augmented input: torch cannot reproduce JAX's augmentation RNG, so the stored "
@@ -98,36 +97,35 @@ def network_outputs(fixture: Fixture) -> dict[str, np.ndarray]:
 
 
 def verify_network(fixture: Fixture) -> list[Row]:
+    from bbf_jax.crosscheck.kinds.network import config_from_meta
+
+    config, _ = config_from_meta(fixture.meta, fixture.get("input/support"))
+    sums = network_reductions(config, fixture.get("input/obs_float").shape[0],
+                              fixture.get("input/actions").shape[1])
     rows = []
     for name, value in network_outputs(fixture).items():
         if name in fixture.arrays:
             expected = fixture.arrays[name]
-            scale = max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0
-            rows.append(compare(name, value, expected, NETWORK_TOL * scale))
+            rows.append(compare(name, value, expected, sums.output(expected)))
     return rows
 
 
 def verify_c51(fixture: Fixture) -> list[Row]:
+    """The shifted support from the stored inputs, the projection from the stored
+    supports, with the bounds of :func:`kinds.c51_projection.tolerances`."""
+    from bbf_jax.crosscheck.kinds.c51_projection import tolerances
+
     def t(key):
         return torch.from_numpy(fixture.get(key))
 
     z = t("input/target_support")
     gamma = t("input/cumulative_gamma") * (1.0 - t("input/terminals").to(torch.float32))
     supports = t("input/rewards")[:, None] + gamma[:, None] * z
-    projected = tl.categorical_target(
-        t("input/rewards"), t("input/cumulative_gamma"), t("input/terminals"),
-        t("input/weights"), z,
-    )  # fmt: skip
-    return [
-        compare("gamma_with_terminal", gamma.numpy(), fixture.get("gamma_with_terminal"), 0.0),
-        # XLA fuses R + g z into one rounding; torch rounds twice (a few float32 ulps).
-        compare("supports", supports.numpy(), fixture.get("supports"), 1e-5),
-        compare("projected", projected.numpy(), fixture.get("projected"), C51_TOL),
-    ]
-
-
-def _scaled_tol(expected: np.ndarray) -> float:
-    return LOSSES_TOL * (max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0)
+    projected = tl.project_distribution(t("supports"), t("input/weights"), z)
+    tols = tolerances(fixture)
+    actual = {"gamma_with_terminal": gamma, "supports": supports, "projected": projected}
+    return [compare(name, value.numpy(), fixture.get(name), tols[name])
+            for name, value in actual.items()]
 
 
 def losses_case_inputs(fixture: Fixture, case: str) -> torch_train.StepInputs:
@@ -168,6 +166,9 @@ def verify_losses(fixture: Fixture) -> list[Row]:
     if not params or not fixture.subtree("target_params"):
         raise FixtureError(f"{fixture.path.name}: needs params/* and target_params/*")
     config, num_actions = losses_kind.infer_network(params)
+    sums = losses_kind.case_reductions(fixture.arrays)
+    adamw = LOSSES_SETTINGS.adamw
+    learning_rate = max(adamw.learning_rate, adamw.encoder_learning_rate)
     cases = [c for c in losses_kind.CASES if any(k.startswith(c + "/") for k in fixture.arrays)]
     if not cases:
         raise FixtureError(
@@ -176,11 +177,16 @@ def verify_losses(fixture: Fixture) -> list[Row]:
     rows: list[Row] = []
     for case in cases:
         inputs = losses_case_inputs(fixture, case)
+        prefix = case + "/"
         try:
             outputs = torch_train.train_step_outputs(inputs, config, num_actions, LOSSES_SETTINGS)
-        except ValueError as e:
+            outputs.update(torch_train.step_from_reference(
+                inputs.online, inputs.target, fixture.subtree(prefix + "grads"),
+                fixture.subtree(prefix + "new_online_params"), config, num_actions,
+                LOSSES_SETTINGS,
+            ))  # fmt: skip
+        except (ValueError, KeyError) as e:
             raise FixtureError(f"{fixture.path.name}: {e}") from None
-        prefix = case + "/"
         for key in sorted(k for k in fixture.arrays if k.startswith(prefix)):
             name = key[len(prefix):]
             if name.startswith("input/"):
@@ -190,9 +196,10 @@ def verify_losses(fixture: Fixture) -> list[Row]:
                 continue
             expected = fixture.arrays[key]
             if name not in outputs:
-                rows.append(Row(key, float("inf"), LOSSES_TOL, False, "not computed by torch"))
+                rows.append(Row(key, float("inf"), 0.0, False, "not computed by torch"))
                 continue
-            rows.append(compare(key, outputs[name], expected, _scaled_tol(expected)))
+            tol = losses_kind.output_tolerance(name, expected, sums, learning_rate)
+            rows.append(compare(key, outputs[name], expected, tol))
     return rows
 
 

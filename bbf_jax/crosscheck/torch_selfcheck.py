@@ -3,8 +3,9 @@
 Initialises a bbf_jax learner from the gin configuration and a seed, converts its
 parameters to the torch reference and runs one training step on both with the same
 random batch: network outputs, per-sample losses, gradients, the parameters after one
-AdamW step and the EMA target are compared at float32 (TF32 off, highest JAX matmul
-precision), with the tolerances of the ``losses`` fixture kind.
+AdamW step (from bbf_jax's gradients) and the EMA target (from bbf_jax's new parameters)
+are compared at float32 (TF32 off, highest JAX matmul precision), with the bounds of the
+``losses`` fixture kind (:func:`bbf_jax.crosscheck.kinds.losses.output_tolerance`).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import numpy as np
 from bbf_jax.crosscheck import torch_losses as tl
 from bbf_jax.crosscheck import torch_train
 from bbf_jax.crosscheck.fixture_io import Row, compare, flatten_tree, format_rows
+from bbf_jax.crosscheck.kinds.losses import output_tolerance
+from bbf_jax.crosscheck.reductions import network_reductions
 
-TOL = 1e-5  # relative to max(1, |expected|), as the losses kind
 TARGET_NOISE = 0.005  # std of the target perturbation (as the losses fixture's target)
 NOTE = (
     "note: data augmentation is off (JAX's and torch's RNG streams cannot match); the "
@@ -219,14 +221,23 @@ def compare_with_bbf_jax(exp, num_actions: int, seed: int, batch_size: int) -> l
         ),
     )
     got = torch_train.train_step_outputs(inputs, learner.net, num_actions, settings)
+
+    def subtree(prefix):
+        return {k[len(prefix):]: v for k, v in expected.items() if k.startswith(prefix)}
+
+    got.update(torch_train.step_from_reference(
+        inputs.online, target, subtree("grads/"), subtree("new_online_params/"), learner.net,
+        num_actions, settings,
+    ))  # fmt: skip
+    sums = network_reductions(learner.net, agent.batch_size, agent.jumps)
+    learning_rate = max(agent.learning_rate, agent.encoder_learning_rate)
     rows = []
     for key in expected:
         want = expected[key]
         if key not in got:
-            rows.append(Row(key, float("inf"), TOL, False, "not computed by torch"))
+            rows.append(Row(key, float("inf"), 0.0, False, "not computed by torch"))
             continue
-        tol = TOL * (max(1.0, float(np.max(np.abs(want)))) if want.size else 1.0)
-        rows.append(compare(key, got[key], want, tol))
+        rows.append(compare(key, got[key], want, output_tolerance(key, want, sums, learning_rate)))
     return rows
 
 

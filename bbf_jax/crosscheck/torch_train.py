@@ -171,3 +171,34 @@ def train_step_outputs(
     for path, v in _flax(target.state_dict(), config).items():
         out[f"new_target_params/{path}"] = v
     return out
+
+
+def step_from_reference(
+    online: Mapping[str, np.ndarray],
+    target: Mapping[str, np.ndarray],
+    grads: Mapping[str, np.ndarray],
+    new_online: Mapping[str, np.ndarray],
+    config: NetworkConfig,
+    num_actions: int,
+    settings: StepSettings = StepSettings(),
+) -> dict[str, np.ndarray]:
+    """The optimizer and EMA stages run on the reference's own inputs (flat flax dicts).
+
+    ``new_online_params/<path>``: one AdamW step of ``online`` with the given ``grads``;
+    ``new_target_params/<path>``: ``(1 - tau) target + tau new_online``. Checked this way
+    they are short elementwise computations with a tight bound, independent of how far
+    the gradients of the two sides differ (:mod:`bbf_jax.tolerance`).
+    """
+    net = tr.network_from_params(online, config, num_actions)
+    grad_sd = tr.params_to_state_dict(grads, config)
+    for name, p in net.named_parameters():
+        p.grad = grad_sd[name].clone()
+    tl.OfficialAdamW(net, settings.adamw).step()
+    target_net = tr.network_from_params(target, config, num_actions)
+    tl.ema_update(target_net, tr.network_from_params(new_online, config, num_actions),
+                  settings.target_update_tau)
+    out = {f"new_online_params/{k}": v for k, v in _flax(net.state_dict(), config).items()}
+    out.update(
+        {f"new_target_params/{k}": v for k, v in _flax(target_net.state_dict(), config).items()}
+    )
+    return out

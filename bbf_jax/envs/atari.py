@@ -19,17 +19,26 @@ gymnasium's ``ALE/<Game>-v5`` and its ``AtariPreprocessing`` wrapper, because
 The emulator settings equal those of ``<Game>NoFrameskip-v4``: emulator frame skip 1,
 repeat_action_probability 0 (no sticky actions) and the game's minimal action set;
 the ROMs are the ones shipped inside ale-py.
+
+Sticky actions (``EnvConfig.repeat_action_probability`` = p > 0) follow the ALE's rule:
+on every emulated frame (inside the frame skip, no-ops included), with probability p
+the emulator repeats the action it applied on the previous frame instead of the new
+one; a game reset makes that previous action NOOP. The draw is made here, from a numpy
+Generator seeded from the run seed, and the ALE's own stickiness stays off, because
+``ALEInterface.cloneState`` does not save the previous action: a restored emulator
+would continue with whatever action it last applied and a resumed run would diverge.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import ale_py
 import cv2
 import numpy as np
 
-from bbf_jax.atari_games import ATARI_100K_GAMES, canonical_game_name, rom_id
+from bbf_jax.atari_games import ATARI_55_GAMES, canonical_game_name, rom_id
 from bbf_jax.config import EnvConfig
 
 SCREEN_SIZE = 84  # side of the square observation handed to the agent
@@ -70,6 +79,11 @@ def ale_seed(seed: int) -> int:
     return int(np.random.SeedSequence(seed).generate_state(1)[0] >> 1)
 
 
+def sticky_seed(seed: int) -> np.random.SeedSequence:
+    """Seed of the sticky-action draws, a stream of the run seed apart from the emulator's."""
+    return np.random.SeedSequence([seed, 1])
+
+
 def pool_and_resize(buffers: np.ndarray) -> np.ndarray:
     """Dopamine's ``_pool_and_resize``: (2, 210, 160) uint8 -> (84, 84) uint8.
 
@@ -91,12 +105,12 @@ class AtariEnv:
     count the current episode, as the official runner's ``cum_reward``/``cum_length``.
 
     Args:
-      game: one of the 26 Atari 100k games, in any of the forms accepted by
-        ``canonical_game_name`` ('ChopperCommand', 'chopper_command', 'choppercommand').
+      game: one of the 55 games of ``ATARI_55_GAMES``, in any of the forms accepted
+        by ``canonical_game_name`` ('ChopperCommand', 'chopper_command', 'choppercommand').
       config: the environment protocol; ``EnvConfig()`` (the official one) if None.
         ``config.game`` is ignored: ``game`` names the game.
-      seed: run seed; the emulator's own RNG is seeded from it (the official code never
-        seeds it; without sticky actions it does not change the game).
+      seed: run seed; the emulator's own RNG (unused by these settings; the official
+        code never seeds it) and the sticky-action draws are seeded from it.
 
     Raises:
       ValueError: for an unknown game or an invalid config.
@@ -108,10 +122,12 @@ class AtariEnv:
         self.game = canonical_game_name(game)
         self._ale = ale_py.ALEInterface()
         self._ale.setInt("random_seed", ale_seed(seed))
-        self._ale.setFloat("repeat_action_probability", 0.0)
+        self._ale.setFloat("repeat_action_probability", 0.0)  # stickiness is drawn here
         self._ale.setInt("frame_skip", 1)
         self._ale.loadROM(str(ale_py.roms.get_rom_path(rom_id(self.game))))
         self._actions = list(self._ale.getMinimalActionSet())
+        self._sticky_rng = np.random.default_rng(sticky_seed(seed))
+        self._applied_action = ale_py.Action.NOOP  # the emulator's action of the last frame
         self.num_actions = len(self._actions)
         self._buffers = np.zeros((2, *_RAW_SCREEN), np.uint8)
         self._lives = 0
@@ -177,6 +193,7 @@ class AtariEnv:
     def _reset_game(self) -> np.ndarray:
         """Dopamine ``reset``: buffer 0 = current screen, buffer 1 = zeros (spec §9.1)."""
         self._ale.reset_game()
+        self._applied_action = ale_py.Action.NOOP
         self._lives = self._ale.lives()
         self.game_over = False
         self._ale.getScreenGrayscale(self._buffers[0])
@@ -188,14 +205,19 @@ class AtariEnv:
 
         In each iteration the frame is emulated and its reward added, the screen is
         captured on the last two iterations, and only then is the terminal tested; an
-        early break leaves the previous step's screens in the buffers.
+        early break leaves the previous step's screens in the buffers. With sticky
+        actions each emulated frame first draws u ~ U[0, 1) and keeps the previous
+        frame's action if u < p (the ALE's rule).
         """
         ale, ale_action = self._ale, self._actions[action]
         skip = self.config.frame_skip
+        p = self.config.repeat_action_probability
         reward = 0.0
         terminal = game_over = False
         for t in range(skip):
-            reward += ale.act(ale_action)
+            if p == 0.0 or self._sticky_rng.random() >= p:
+                self._applied_action = ale_action
+            reward += ale.act(self._applied_action)
             game_over = ale.game_over()
             if self.config.terminal_on_life_loss:
                 lives = ale.lives()
@@ -213,12 +235,15 @@ class AtariEnv:
     # ------------------------------------------------------------ checkpoints
     def clone_state(self) -> dict:
         """Everything needed to continue bit-identically: the emulator state (with its
-        RNG) serialised to uint8, the two screen buffers, lives and the episode
-        bookkeeping."""
+        RNG) serialised to uint8, the sticky-action RNG state (JSON as uint8) and last
+        applied action, the two screen buffers, lives and the episode bookkeeping."""
         ale_state = self._ale.cloneState(include_rng=True).serialize()
+        sticky_rng = json.dumps(self._sticky_rng.bit_generator.state).encode()
         return {
-            "game_index": ATARI_100K_GAMES.index(self.game),
+            "game_index": ATARI_55_GAMES.index(self.game),
             "ale_state": np.frombuffer(ale_state, np.uint8).copy(),
+            "sticky_rng": np.frombuffer(sticky_rng, np.uint8).copy(),
+            "applied_action": self._applied_action.value,
             "buffers": self._buffers.copy(),
             "lives": int(self._lives),
             "game_over": int(self.game_over),
@@ -237,6 +262,8 @@ class AtariEnv:
         missing = {
             "game_index",
             "ale_state",
+            "sticky_rng",
+            "applied_action",
             "buffers",
             "lives",
             "game_over",
@@ -246,7 +273,7 @@ class AtariEnv:
         } - set(state)
         if missing:
             raise ValueError(f"AtariEnv state lacks keys {sorted(missing)}")
-        game = ATARI_100K_GAMES[int(state["game_index"])]
+        game = ATARI_55_GAMES[int(state["game_index"])]
         if game != self.game:
             raise ValueError(f"AtariEnv state was cloned from {game}, not {self.game}")
         buffers = np.asarray(state["buffers"])
@@ -257,6 +284,9 @@ class AtariEnv:
             )
         ale_bytes = np.asarray(state["ale_state"], np.uint8).tobytes()
         self._ale.restoreState(ale_py.ALEState(ale_bytes))
+        sticky_rng = np.asarray(state["sticky_rng"], np.uint8).tobytes()
+        self._sticky_rng.bit_generator.state = json.loads(sticky_rng.decode())
+        self._applied_action = ale_py.Action(int(state["applied_action"]))
         self._buffers[...] = buffers
         self._lives = int(state["lives"])
         self.game_over = bool(state["game_over"])

@@ -1,13 +1,17 @@
 """``bbf-report``: aggregate final scores of runs, or plot their learning curves.
 
   bbf-report [RUN_DIR_OR_EVAL_JSON ...] [--compare official-rr2|official-rr8|DIR ...]
-             [--out DIR] [--reps N] [--seed S]
+             [--games atari26|atari55] [--out DIR] [--reps N] [--seed S]
   bbf-report --curves RUN_DIR ... [--out DIR]
 
 Run directories are searched recursively for eval.json. ``--compare`` takes either one
 official set (shipped with bbf_jax) or directories/files of eval.json forming one comparison
-set; put it after the runs. With no runs, the comparison set is reported alone. The last line
-printed is ``iqm: <value> [<low>, <high>]`` of the first set.
+set; put it after the runs. With no runs, the comparison set is reported alone. ``--games``
+chooses the game set (default atari26, the Atari 100k games; atari55, the 55 games of the
+official score files): the official sets are cut to it, runs of a game outside it are an
+error. When an official set is in the report, Video Pinball is normalised in every set as
+the official files do (random = 0). The last line printed is
+``iqm: <value> [<low>, <high>]`` of the first set.
 
 Exit status: 0 on success, 2 on an input or argument that cannot be used (one clear line).
 """
@@ -19,6 +23,7 @@ import pathlib
 import shlex
 import sys
 
+from bbf_jax.atari_games import GAME_SETS
 from bbf_jax.report.runs import OFFICIAL_SETS, ReportInputError
 
 
@@ -37,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="run directories (searched recursively for eval.json) or eval.json files")
     p.add_argument("--compare", nargs="+", metavar="SET",
                    help=f"{' or '.join(OFFICIAL_SETS)}, or run directories/eval.json files")
+    p.add_argument("--games", default="atari26", choices=list(GAME_SETS),
+                   help="game set of the report: atari26 (Atari 100k, default) or atari55 "
+                        "(the 55 games of the official score files)")
     p.add_argument("--out", default="report", type=pathlib.Path,
                    help="output directory (default: %(default)s)")
     p.add_argument("--reps", default=5000, type=_positive_int,
@@ -60,6 +68,32 @@ def _compare_set(values: list[str]):
     return ScoreSet("compare", tuple(collect_runs(values)))
 
 
+def _in_game_set(sets: list, name: str) -> list:
+    """Every set cut to the game set ``name`` (official sets silently; other runs outside
+    it are an error); with an official set present, the other sets' Video Pinball is
+    renormalised as the official files do (random = 0), so that the sets compare."""
+    from bbf_jax.report.runs import renormalized
+    from bbf_jax.report.scoreset import ScoreSet
+
+    games = GAME_SETS[name]
+    with_official = any(s.name in OFFICIAL_SETS for s in sets)
+    out = []
+    for s in sets:
+        if s.name not in OFFICIAL_SETS:
+            outside = [g for g in s.games if g not in games]
+            if outside:
+                raise ReportInputError(
+                    f"{s.name}: runs of {', '.join(outside)}, outside the game set {name}; "
+                    "use --games atari55")
+            if with_official:
+                s = ScoreSet(s.name, tuple(renormalized(s.runs, "official_csv")))
+        out.append(s.only(games))
+    if with_official and any("VideoPinball" in s.games for s in out):
+        print("note: VideoPinball is normalised with random = 0 in every set, "
+              "as in the official score files")
+    return out
+
+
 def _report(args, command: str) -> int:
     from bbf_jax.report.analysis import analyse
     from bbf_jax.report.output import write_report
@@ -73,6 +107,7 @@ def _report(args, command: str) -> int:
         sets.append(_compare_set(args.compare))
     if not sets:
         raise ReportInputError("nothing to report: give run directories and/or --compare")
+    sets = _in_game_set(sets, args.games)
     analysis = analyse(sets, reps=args.reps, seed=args.seed)
     for r in analysis.results:
         print(r.note)

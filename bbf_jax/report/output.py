@@ -8,7 +8,7 @@ import pathlib
 import bbf_jax
 from bbf_jax.report import plots
 from bbf_jax.report.analysis import TAUS, Analysis
-from bbf_jax.report.runs import OFFICIAL_SETS, load_official
+from bbf_jax.report.runs import OFFICIAL_SETS, load_official, renormalized
 from bbf_jax.report.scoreset import GameSummary, ScoreSet
 
 PER_GAME_FIELDS = ("set", "game", "runs", "mean_raw", "mean_hns", "std_hns")
@@ -24,7 +24,8 @@ _METHOD = """\
 ## Method
 
 * Scores are human-normalised: HNS = (score - random) / (human - random), with the DQN Zoo
-  random/human table of the 26 Atari 100k games. A run's score is its mean return over the
+  random/human table. When an official set is in the report, Video Pinball uses random = 0
+  in every set, as the official score files do. A run's score is its mean return over the
   evaluation episodes (eval.json `mean_return`, official CSV `GameScoreAverage`).
 * Aggregates follow rliable (Agarwal et al., NeurIPS 2021) on a runs x games matrix: IQM is
   the 25 % trimmed mean of all runs x games pooled; median and mean are over games of the
@@ -46,7 +47,7 @@ def _fmt(e) -> str:
 def _describe(s: ScoreSet) -> str:
     if s.name in OFFICIAL_SETS:
         return (f"official BBF per-run scores `{OFFICIAL_SETS[s.name]}` (shipped with bbf_jax), "
-                f"{len(s.runs)} runs on the 26 Atari 100k games, 100k agent steps each")
+                f"{len(s.runs)} runs on {len(s.games)} games, 100k agent steps each")
     steps = sorted({r.agent_steps for r in s.runs})
     versions = sorted({r.version for r in s.runs if r.version is not None})
     text = f"{len(s.runs)} eval.json file(s), {len(s.games)} game(s), agent_steps " + (
@@ -55,12 +56,15 @@ def _describe(s: ScoreSet) -> str:
 
 
 def reference_summaries(analysis: Analysis) -> dict[str, list[GameSummary]]:
-    """Per-game summaries to plot: the analysed sets, then each official set not among them."""
+    """Per-game summaries to plot: the analysed sets, then each official set not among them
+    (normalised like the analysed sets: Video Pinball as the official files only when an
+    official set is analysed)."""
     out = {r.scores.name: [s for s in r.scores.summary() if s.game in analysis.games]
            for r in analysis.results}
+    norm = "official_csv" if any(n in OFFICIAL_SETS for n in out) else "dqn_zoo"
     for name in OFFICIAL_SETS:
         if name not in out:
-            ref = ScoreSet(name, tuple(load_official(name)))
+            ref = ScoreSet(name, tuple(renormalized(load_official(name), norm)))
             out[name] = [s for s in ref.summary() if s.game in analysis.games]
     return out
 

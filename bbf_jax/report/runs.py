@@ -11,21 +11,23 @@ eval.json (written by the runner to ``base_dir/eval.json``, one per run) is a JS
 * ``grad_steps``, ``config``, ``bbf_jax_version``: optional, ``bbf_jax_version`` is reported.
 
 The official score files (``bbf_jax/data/RR{2,8}_BBF.csv``, header
-``,seed,game,GameScoreAverage,GameScoreNormalized``) hold one row per run; only the 26
-Atari 100k games are read, and HNS is recomputed from ``GameScoreAverage`` with the
-DQN Zoo table (it matches the stored column to float32 rounding).
+``,seed,game,GameScoreAverage,GameScoreNormalized``) hold one row per run on 55 games;
+HNS is recomputed from ``GameScoreAverage`` with the files' own table (DQN Zoo, except
+random = 0 for Video Pinball: normalisation ``'official_csv'``), which matches the stored
+column to float32 rounding.
 """
 
 from __future__ import annotations
 
 import csv
 import importlib.resources
+import dataclasses
 import json
 import math
 import pathlib
 from dataclasses import dataclass
 
-from bbf_jax.atari_games import ATARI_100K_GAMES, canonical_game_name, csv_game_name
+from bbf_jax.atari_games import canonical_game_name
 from bbf_jax.atari_games import human_normalized_score as _hns
 
 OFFICIAL_SETS = {"official-rr2": "RR2_BBF.csv", "official-rr8": "RR8_BBF.csv"}
@@ -146,12 +148,18 @@ def collect_runs(paths) -> list[Run]:
     return check_unique([load_eval_json(f) for f in find_eval_jsons(paths)])
 
 
+def renormalized(runs, normalization: str) -> list[Run]:
+    """``runs`` with HNS recomputed from their raw scores with ``normalization``
+    (``atari_games.NORMALIZATIONS``)."""
+    return [dataclasses.replace(r, hns=_hns(r.game, r.raw_score, normalization)) for r in runs]
+
+
 def load_official(name: str) -> list[Run]:
-    """The official runs of 'official-rr2' or 'official-rr8', 26 Atari 100k games only."""
+    """The official runs of 'official-rr2' or 'official-rr8' (55 games), normalised as the
+    files are (``'official_csv'``: Video Pinball with random = 0)."""
     if name not in OFFICIAL_SETS:
         raise ReportInputError(f"unknown official set {name!r}; choose from {list(OFFICIAL_SETS)}")
     fname = OFFICIAL_SETS[name]
-    wanted = {csv_game_name(g): g for g in ATARI_100K_GAMES}
     text = (importlib.resources.files("bbf_jax") / "data" / fname).read_text()
     rows = csv.reader(text.splitlines())
     header = next(rows)
@@ -159,9 +167,8 @@ def load_official(name: str) -> list[Run]:
         raise ReportInputError(f"{fname}: unexpected header {header}")
     runs = []
     for line, row in enumerate(rows, start=2):
-        game = wanted.get(row[2])
-        if game is not None:
-            raw = float(row[3])
-            runs.append(Run(game=game, seed=int(row[1]), raw_score=raw, hns=_hns(game, raw),
-                            source=f"{fname}:{line}", agent_steps=100_000))
+        game, raw = canonical_game_name(row[2]), float(row[3])
+        runs.append(Run(game=game, seed=int(row[1]), raw_score=raw,
+                        hns=_hns(game, raw, "official_csv"), source=f"{fname}:{line}",
+                        agent_steps=100_000))
     return check_unique(runs)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bbf_jax.atari_games import ATARI_100K_GAMES
+from bbf_jax.atari_games import ATARI_55_GAMES
 from bbf_jax.report.runs import ReportInputError, Run
 
 
@@ -42,9 +42,14 @@ class ScoreSet:
 
     @property
     def games(self) -> tuple[str, ...]:
-        """Games with at least one run, in the canonical 26-game order."""
+        """Games with at least one run, in the order of ``ATARI_55_GAMES`` (the 26 Atari
+        100k games first)."""
         present = {r.game for r in self.runs}
-        return tuple(g for g in ATARI_100K_GAMES if g in present)
+        return tuple(g for g in ATARI_55_GAMES if g in present)
+
+    def only(self, games: tuple[str, ...]) -> ScoreSet:
+        """The runs of ``games`` only (e.g. one game set)."""
+        return ScoreSet(self.name, tuple(r for r in self.runs if r.game in games))
 
     def by_game(self, game: str) -> list[Run]:
         """Runs of ``game`` sorted by seed."""

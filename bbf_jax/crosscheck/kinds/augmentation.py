@@ -8,6 +8,7 @@ the internal draws (crop offsets, normal draw, intensity factor).
 
 from __future__ import annotations
 
+from bbf_jax import tolerance
 from bbf_jax.crosscheck.fixture_io import Fixture, FixtureError, Row, compare
 
 KIND = "augmentation"
@@ -19,9 +20,25 @@ _DRAWS = {
     "intensity_normal_r": "normal_r",
     "intensity_noise": "intensity",
 }
-# Bitwise: same keys, same random calls, same float32 arithmetic as the official code.
-TOL = 0.0
 SEED = 0
+# Roundings behind a normal draw: XLA's erf_inv is a degree-8 polynomial (Horner: a
+# multiply-add per coefficient, which a compiler may or may not fuse into an FMA) of
+# log1p or sqrt, then a scaling by sqrt(2); the intensity 1 + 0.05 * clip(r) and the
+# product with the frame add three more. Rounded up.
+DRAW_OPS = 32
+
+
+def draw_tolerance(expected) -> tolerance.Tolerance:
+    """Bound for the float draws (normal, intensity) and the augmented frames.
+
+    The crop offsets (integers from PRNG bits), the pad/crop (data movement) and
+    ``x * float32(1/255)`` (one correctly rounded product) are exact by construction and
+    compared exactly. The normal draws go through ``erf_inv``, elementwise but with
+    multiply-adds a compiler may contract differently on another processor:
+    :data:`DRAW_OPS` roundings of the magnitude. (Measured: identical on both CPUs
+    tried, README "Tolerance policy".)
+    """
+    return tolerance.elementwise(expected, ops=DRAW_OPS)
 
 
 def matches(fixture: Fixture) -> bool:
@@ -41,7 +58,7 @@ def verify(fixture: Fixture) -> list[Row]:
     runs = [run for run in _RUNS if f"{run}/output" in fixture.arrays]
     if not runs:
         raise FixtureError(f"{fixture.path.name}: no '<run>/output' array for any of {list(_RUNS)}")
-    rows = [compare("input/x_float", augment.process_inputs(x_uint8), x_float, TOL)]
+    rows = [compare("input/x_float", augment.process_inputs(x_uint8), x_float, tolerance.EXACT)]
     for run in runs:
         with jax.threefry_partitionable(_RUNS[run]):
             key = jax.random.PRNGKey(SEED)
@@ -51,16 +68,13 @@ def verify(fixture: Fixture) -> list[Row]:
             )(key, x_uint8)
             n = x_float.reshape(-1, *x_float.shape[-3:]).shape[0]
             draws = augment.drq_draws(key, n)
-        rows.append(compare(f"{run}/output", output, fixture.get(f"{run}/output"), TOL))
-        rows.append(
-            compare(
-                f"{run}/output_process_inputs",
-                processed,
-                fixture.get(f"{run}/output_process_inputs"),
-                TOL,
-            )
-        )
+        for name, value in ((f"{run}/output", output),
+                            (f"{run}/output_process_inputs", processed)):
+            expected = fixture.get(name)
+            rows.append(compare(name, value, expected, draw_tolerance(expected)))
         for stored, field in _DRAWS.items():
             name = f"{run}/{stored}"
-            rows.append(compare(name, getattr(draws, field), fixture.get(name), TOL))
+            expected = fixture.get(name)
+            # Integer offsets are compared exactly by compare() whatever the bound.
+            rows.append(compare(name, getattr(draws, field), expected, draw_tolerance(expected)))
     return rows

@@ -1,9 +1,11 @@
 """Fixture kind ``losses``: one training step on the small network (official README §4).
 
 Recomputes, for each case (``n3_g0.997``, ``n10_g0.97``, ``n3_g0.997_aug``), the
-per-sample C51/SPR losses, the intermediates, the full gradient, the AdamW-updated
-parameters and the EMA target from the stored parameters and batch, with
-``rng = PRNGKey(42)`` fed straight into one official ``train_one_batch`` step.
+per-sample C51/SPR losses, the intermediates and the full gradient from the stored
+parameters and batch, with ``rng = PRNGKey(42)`` fed straight into one official
+``train_one_batch`` step; the AdamW-updated parameters from the stored gradients and the
+EMA target from the stored updated parameters (:func:`step_from_reference`). Bounds:
+:func:`output_tolerance`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import pathlib
 
 import numpy as np
 
+from bbf_jax import tolerance
 from bbf_jax.crosscheck.fixture_io import (
     Fixture,
     FixtureError,
@@ -23,9 +26,9 @@ from bbf_jax.crosscheck.fixture_io import (
     save_fixture,
     unflatten_tree,
 )
+from bbf_jax.crosscheck.reductions import Reductions, network_reductions
 
 KIND = "losses"
-TOL = 1e-5
 CASES = {  # case -> (update horizon n, gamma, augmentation)
     "n3_g0.997": (3, 0.997, False),
     "n10_g0.97": (10, 0.97, False),
@@ -206,6 +209,84 @@ def _case_outputs(learner, online, target, batch) -> tuple[dict, dict]:
     return out, trees
 
 
+def output_tolerance(
+    name: str, expected, sums: Reductions, learning_rate: float
+) -> tolerance.Tolerance:
+    """The bound of array ``name`` (without the case prefix) of a losses case.
+
+    Gradients and their global norm: :meth:`Reductions.gradient` /
+    :meth:`Reductions.gradient_norm`. ``new_online_params``, recomputed from the stored
+    gradients: ``p - lr * (m_hat / (sqrt(v_hat) + eps) + wd * p)`` is about ten
+    roundings of an update of magnitude <= 1 (scaled by ``lr``) and two of ``p``.
+    ``new_target_params``, from the stored new parameters: ``(1 - tau) t + tau p``, three
+    roundings. Augmented frames: :func:`augmentation.draw_tolerance`. Everything else is
+    a forward output (:meth:`Reductions.output`); integer arrays are compared exactly
+    whatever the bound.
+    """
+    from bbf_jax.crosscheck.kinds import augmentation
+
+    if name.startswith("grads/"):
+        return sums.gradient(name[len("grads/"):], expected)
+    if name in ("grad_global_norm", "official_aux/GradNorm"):
+        return sums.gradient_norm(expected)
+    if name.startswith("new_online_params/"):
+        return tolerance.elementwise(expected, ops=2) + tolerance.Tolerance(
+            12 * tolerance.EPS * learning_rate
+        )
+    if name.startswith("new_target_params/"):
+        return tolerance.elementwise(expected, ops=3)
+    if name.endswith("states_processed"):
+        return augmentation.draw_tolerance(expected)
+    return sums.output(expected)
+
+
+def case_reductions(fixture_arrays: dict) -> Reductions:
+    """The network's :class:`Reductions` for the batch of a losses file."""
+    online = {k[len("params/"):]: v for k, v in fixture_arrays.items() if k.startswith("params/")}
+    config, _ = infer_network(online)
+    states = fixture_arrays["input/raw_states"]
+    return network_reductions(config, states.shape[0], states.shape[1] - 1)
+
+
+def step_from_reference(fixture_arrays: dict, case: str) -> dict[str, np.ndarray]:
+    """``<case>/new_online_params/*`` (one AdamW step of ``params/*`` with the stored
+    ``<case>/grads/*``) and ``<case>/new_target_params/*`` (the EMA of ``target_params/*``
+    towards the stored ``<case>/new_online_params/*``), computed by bbf_jax."""
+    def tree(prefix):
+        return unflatten_tree({k[len(prefix):]: v for k, v in fixture_arrays.items()
+                               if k.startswith(prefix)})
+
+    online = tree("params/")
+    learner = _learner(flatten_tree(online), False, fixture_arrays["input/raw_states"].shape[0])
+    new_online, new_target = _jitted_reference_step()(
+        learner, online, tree("target_params/"), tree(f"{case}/grads/"),
+        tree(f"{case}/new_online_params/"),
+    )
+    out = {f"{case}/new_online_params/{k}": v for k, v in flatten_tree(new_online).items()}
+    out.update({f"{case}/new_target_params/{k}": v for k, v in flatten_tree(new_target).items()})
+    return out
+
+
+@functools.cache
+def _jitted_reference_step():
+    import jax
+
+    return jax.jit(_reference_step, static_argnums=0)
+
+
+def _reference_step(learner, online, target, grads, new_online):
+    import optax
+
+    from bbf_jax.optim import make_optimizer
+
+    hparams = learner.default_hparams()
+    optimizer = make_optimizer(learner.agent, hparams.learning_rate,
+                               hparams.encoder_learning_rate)
+    updates, _ = optimizer.update(grads, optimizer.init(online), online)
+    stepped = optax.apply_updates(online, updates)
+    return stepped, optax.incremental_update(new_online, target, hparams.target_update_tau)
+
+
 def verify(fixture: Fixture) -> list[Row]:
     if not fixture.subtree("params") or not fixture.subtree("target_params"):
         raise FixtureError(f"{fixture.path.name}: needs params/* and target_params/*")
@@ -213,32 +294,40 @@ def verify(fixture: Fixture) -> list[Row]:
     cases = [c for c in CASES if any(k.startswith(c + "/") for k in fixture.arrays)]
     if not cases:
         raise FixtureError(f"{fixture.path.name}: none of the cases {list(CASES)} is present")
+    from bbf_jax.config import AgentConfig
     from bbf_jax.learner import importance_weights
 
     for case in cases:
         inp = f"{case}/input/"
         if inp + "sampling_priorities" in fixture.arrays:
+            # 1 / sqrt(p + 1e-10) / max: four roundings (the reference's compiler may fuse
+            # or rewrite 1 / sqrt).
+            stored_weights = fixture.arrays[inp + "loss_weights"]
             rows.append(compare(inp + "loss_weights (from sampling_priorities)",
                                 importance_weights(fixture.arrays[inp + "sampling_priorities"]),
-                                fixture.arrays[inp + "loss_weights"], 0.0))
+                                stored_weights, tolerance.elementwise(stored_weights, ops=4)))
         if inp + "discount" in fixture.arrays:
             n, gamma, _ = CASES[case]
             stored_discount = fixture.arrays[inp + "discount"]
+            # A float64 power rounded to float32: one float32 rounding.
             rows.append(compare(inp + "discount (= float32(gamma^n))",
                                 np.full_like(stored_discount, np.float32(gamma**n)),
-                                stored_discount, 0.0))
+                                stored_discount, tolerance.elementwise(stored_discount, ops=1)))
         try:
             outputs = compute_case(fixture.arrays, case)
+            outputs.update(step_from_reference(fixture.arrays, case))
         except KeyError as e:
             raise FixtureError(f"{fixture.path.name}: missing array {e}") from None
+        sums = case_reductions(fixture.arrays)
+        learning_rate = max(AgentConfig().learning_rate, AgentConfig().encoder_learning_rate)
         stored = {k: v for k, v in fixture.arrays.items()
                   if k.startswith(case + "/") and not k.startswith(case + "/input/")}
         for key in sorted(stored):
             if key not in outputs:
-                rows.append(Row(key, float("inf"), TOL, False, "not computed by bbf_jax"))
+                rows.append(Row(key, float("inf"), 0.0, False, "not computed by bbf_jax"))
                 continue
             expected = stored[key]
-            tol = TOL * max(1.0, float(np.max(np.abs(expected))) if expected.size else 1.0)
+            tol = output_tolerance(key[len(case) + 1:], expected, sums, learning_rate)
             rows.append(compare(key, outputs[key], expected, tol))
     return rows
 

@@ -11,13 +11,18 @@ import re
 
 import numpy as np
 
+from bbf_jax import tolerance
 from bbf_jax.crosscheck.fixture_io import Fixture, FixtureError, Row, compare
 
 KIND = "schedules"
 
-# Bitwise: the float64 schedules run the official NumPy expressions and epsilon
-# reproduces the official jitted float32 arithmetic; integer tables are exact.
-TOL = 0.0
+# Integer tables (n, reset steps) are exact. The float tables are short elementwise
+# expressions: the float64 ones (gamma, unrounded n, tau) a power or exp/log of the
+# platform's libm, correct to about an ulp each (four roundings allowed); epsilon the
+# official jitted float32 arithmetic (a few multiply-adds, four roundings); the support
+# jnp.linspace (start + i * step, two roundings).
+F64_OPS = 4
+F32_OPS = 4
 _TABLES = ("update_horizon_n", "gamma", "epsilon_train", "reset_schedule")
 
 
@@ -77,7 +82,8 @@ def verify(fixture: Fixture) -> list[Row]:
     def table(name, fn, dtype):
         stored = _field(fixture, name)
         actual = np.array([fn(s) for s in _steps(stored)], dtype)
-        rows.append(compare(name, actual, np.array(list(stored.values()), dtype), TOL))
+        expected = np.array(list(stored.values()), dtype)
+        rows.append(_compare(name, actual, expected))
 
     table("update_horizon_n", lambda s: schedules.update_horizon_at(s, agent), np.int64)
     if "update_horizon_n_unrounded" in fixture.meta:
@@ -96,19 +102,17 @@ def verify(fixture: Fixture) -> list[Row]:
         ns = [schedules.update_horizon_at(s, agent) for s in range(agent.cycle_steps + 1)]
         found = [s for s in range(1, len(ns)) if ns[s] != ns[s - 1]]
         rows.append(
-            compare(
+            _compare(
                 "update_horizon_n_change_points/step",
                 np.array(found),
                 np.array(_steps(stored)),
-                TOL,
             )
         )
         rows.append(
-            compare(
+            _compare(
                 "update_horizon_n_change_points/n",
                 np.array([ns[s] for s in found]),
                 np.array(list(stored.values())),
-                TOL,
             )
         )
     table("gamma", lambda s: schedules.gamma_at(s, agent), np.float64)
@@ -118,11 +122,10 @@ def verify(fixture: Fixture) -> list[Row]:
         table("target_update_tau", lambda s: agent.target_update_tau, np.float64)
     table("epsilon_train", lambda s: schedules.epsilon_at(s, agent), np.float32)
     rows.append(
-        compare(
+        _compare(
             "epsilon_eval",
             np.float64(schedules.epsilon_at(0, agent, eval_mode=True)),
             np.float64(_field(fixture, "epsilon_eval")),
-            TOL,
         )
     )
     grid_key = "n_gamma_table_every_500_steps"
@@ -130,33 +133,44 @@ def verify(fixture: Fixture) -> list[Row]:
         grid = _field(fixture, grid_key)
         steps = _steps(grid)
         rows.append(
-            compare(
+            _compare(
                 f"{grid_key}/n",
                 np.array([schedules.update_horizon_at(s, agent) for s in steps]),
                 np.array([v[0] for v in grid.values()]),
-                TOL,
             )
         )
         rows.append(
-            compare(
+            _compare(
                 f"{grid_key}/gamma",
                 np.array([schedules.gamma_at(s, agent) for s in steps]),
                 np.array([v[1] for v in grid.values()], np.float64),
-                TOL,
             )
         )
     rows += _reset_rows(fixture, reset)
     support = _field(fixture, "agent_attributes").get("support")
     if support is not None:
         rows.append(
-            compare(
+            _compare(
                 "agent_attributes/support",
                 distributional.make_support(len(support), abs(support[-1])),
                 np.array(support, np.float32),
-                TOL,
             )
         )
     return rows
+
+
+def _compare(name: str, actual, expected) -> Row:
+    expected = np.asarray(expected)
+    return compare(name, actual, expected, float_tolerance(expected))
+
+
+def float_tolerance(expected: np.ndarray) -> tolerance.Tolerance:
+    """The bound of a schedule table of ``expected``'s dtype (integers: exact)."""
+    if expected.dtype == np.float64:
+        return tolerance.elementwise(expected, F64_OPS, eps=float(np.finfo(np.float64).eps))
+    if expected.dtype == np.float32:
+        return tolerance.elementwise(expected, F32_OPS)
+    return tolerance.EXACT
 
 
 def _reset_rows(fixture: Fixture, reset) -> list[Row]:
@@ -172,31 +186,28 @@ def _reset_rows(fixture: Fixture, reset) -> list[Row]:
     trace = schedules.reset_trace(reset, int(match.group(1)))
     events = _field(fixture, "reset_schedule", "reset_events(training_steps at reset)")
     rows = [
-        compare(
+        _compare(
             "reset_schedule/reset_steps",
             np.array(trace.resets, np.int64),
             np.array([e["training_step"] for e in events], np.int64),
-            TOL,
         )
     ]
     final_key = "final_next_reset"
     if final_key in fixture.meta["reset_schedule"]:
         rows.append(
-            compare(
+            _compare(
                 "reset_schedule/final_next_reset",
                 np.int64(trace.final_next_reset),
                 np.int64(fixture.meta["reset_schedule"][final_key]),
-                TOL,
             )
         )
     attempts_key = "cumulative_resets(incl. skipped attempts)"
     if attempts_key in fixture.meta["reset_schedule"]:
         rows.append(
-            compare(
+            _compare(
                 "reset_schedule/cumulative_resets",
                 np.int64(trace.attempts),
                 np.int64(fixture.meta["reset_schedule"][attempts_key]),
-                TOL,
             )
         )
     return rows

@@ -4,6 +4,11 @@ From the stored old online/target parameters and ``input/rng``, recomputes the t
 fresh initialisations, the shrink-and-perturbed online and target trees and
 ``interpolate_weights``, and checks that every other module is replaced by the
 fresh initialisation and that the optimizer state is fully re-initialised.
+
+Everything is compared exactly: the fresh initialisations are as exact as the network
+kind's (integer PRNG bits, elementwise correctly rounded float operations),
+``0.5 * old + 0.5 * fresh`` is one rounding of exact halves, and the optimizer state is
+zeros and counts.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from bbf_jax.crosscheck.fixture_io import (
     unflatten_tree,
 )
 from bbf_jax.crosscheck.kinds.losses import infer_network
+from bbf_jax.tolerance import EXACT
 
 KIND = "shrink_perturb"
 RESET_KEYS = ("encoder", "transition_model")
@@ -71,11 +77,11 @@ def compute(arrays: dict, shrink: float = 0.5, perturb: float = 0.5) -> tuple[di
     rest = lambda t: {k: v for k, v in flatten_tree(t).items()  # noqa: E731
                       if k.split("/")[0] not in RESET_KEYS}
     checks += compare_trees("check new_online == random_online: ", rest(new_state.online),
-                            rest(fresh_on), 0.0)
+                            rest(fresh_on), EXACT)
     checks += compare_trees("check new_target == random_target: ", rest(new_state.target),
-                            rest(fresh_tg), 0.0)
+                            rest(fresh_tg), EXACT)
     checks += compare_trees("check opt_state == init(new_online): ",
-                            flatten_opt(new_state.opt_state), flatten_opt(fresh_opt), 0.0)
+                            flatten_opt(new_state.opt_state), flatten_opt(fresh_opt), EXACT)
     return out, checks
 
 
@@ -122,8 +128,7 @@ def verify(fixture: Fixture) -> list[Row]:
         if key not in out:
             rows.append(Row(key, float("inf"), 0.0, False, "not computed by bbf_jax"))
         else:
-            # Bitwise: initialisation and 0.5 * a + 0.5 * b are exact operations here.
-            rows.append(compare(key, out[key], fixture.arrays[key], 0.0))
+            rows.append(compare(key, out[key], fixture.arrays[key], EXACT))
     return rows + checks
 
 

@@ -5,7 +5,10 @@ are replayed one by one (total after each call) and once as a single vectorised 
 nodes, leaves, total, ``highest_set`` and ``max_recorded_priority`` must match exactly.
 The stored query fractions (given ones, JAX-drawn ones, and the per-stratum queries of
 ``stratified_sample``) are fed to bbf_jax's float32 descent and the sampled indices must
-match exactly. The JAX random streams themselves are not reproduced (bbf_jax draws from
+match exactly. Exact by construction: every node is updated by single float64 additions
+in the order of the set calls, and the descent compares and subtracts float32 values one
+operation at a time (no reduction a compiler could reorder). The JAX random streams
+themselves are not reproduced (bbf_jax draws from
 numpy), but the stored stratified queries are checked to lie in their strata.
 """
 
@@ -16,6 +19,7 @@ import re
 import numpy as np
 
 from bbf_jax.crosscheck.fixture_io import Fixture, FixtureError, Row, compare
+from bbf_jax.tolerance import EXACT
 
 KIND = "sum_tree"
 
@@ -69,32 +73,33 @@ def verify(fixture: Fixture) -> list[Row]:
         p = f"{name}/"
         rows.append(
             compare(p + "total_priority_after_each_set", np.array(totals),
-                    fixture.get(p + "total_priority_after_each_set"), 0.0)
+                    fixture.get(p + "total_priority_after_each_set"), EXACT)
         )
-        rows.append(compare(p + "nodes", tree.nodes, fixture.get(p + "nodes"), 0.0))
+        rows.append(compare(p + "nodes", tree.nodes, fixture.get(p + "nodes"), EXACT))
         rows.append(
-            compare(p + "nodes (one vectorised set)", batched.nodes, fixture.get(p + "nodes"), 0.0)
+            compare(p + "nodes (one vectorised set)", batched.nodes, fixture.get(p + "nodes"),
+                    EXACT)
         )
         rows.append(
-            compare(p + "total_priority", tree.total, fixture.get(p + "total_priority"), 0.0)
+            compare(p + "total_priority", tree.total, fixture.get(p + "total_priority"), EXACT)
         )
         rows.append(
             compare(p + "leaf_values", tree.get(np.arange(capacity)),
-                    fixture.get(p + "leaf_values"), 0.0)
+                    fixture.get(p + "leaf_values"), EXACT)
         )
         if "highest_set" in meta:
             rows.append(compare(p + "highest_set", np.int64(tree.highest_set),
-                                np.int64(meta["highest_set"]), 0.0))
+                                np.int64(meta["highest_set"]), EXACT))
         if "max_recorded_priority" in meta:
             rows.append(compare(p + "max_recorded_priority", tree.max_recorded_priority,
-                                float(meta["max_recorded_priority"]), 0.0))
+                                float(meta["max_recorded_priority"]), EXACT))
 
         queries = fixture.get(p + "sample_query_values").astype(np.float64)
         rows.append(compare(p + "sample_results", tree.sample(queries),
-                            fixture.get(p + "sample_results"), 0.0))
+                            fixture.get(p + "sample_results"), EXACT))
         rng_queries = fixture.get(p + "sample_rng_query_values").astype(np.float32)
         rows.append(compare(p + "sample_rng_results", tree.sample(rng_queries),
-                            fixture.get(p + "sample_rng_results"), 0.0))
+                            fixture.get(p + "sample_rng_results"), EXACT))
 
         for key in sorted(arrays):
             m = _STRATIFIED.match(key)
@@ -107,7 +112,7 @@ def verify(fixture: Fixture) -> list[Row]:
                     f"{fixture.path.name}: {p}{key}_queries has shape {strat_q.shape}, "
                     f"expected ({n},)"
                 )
-            rows.append(compare(p + key, tree.sample(strat_q), arrays[key], 0.0))
+            rows.append(compare(p + key, tree.sample(strat_q), arrays[key], EXACT))
             i = np.arange(n, dtype=np.float32)
             outside = np.maximum(i / np.float32(n) - strat_q, 0) + np.maximum(
                 strat_q - (i + 1) / np.float32(n), 0
