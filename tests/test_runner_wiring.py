@@ -94,11 +94,8 @@ class ScriptedEnv:
         self.log.append(EnvStep(int(action), value, reward, terminal, over))
         return StepResult(frame, reward, terminal, over, game_over)
 
-    def clone_state(self):
+    def clone_state(self):  # the run's final checkpoint saves it
         return {"shown": self._shown, "steps": self._steps}
-
-    def restore_state(self, state):
-        raise NotImplementedError
 
 
 def experiment(target_action_selection: bool, priority_update: str) -> ExperimentConfig:
@@ -106,9 +103,10 @@ def experiment(target_action_selection: bool, priority_update: str) -> Experimen
         network=NetworkConfig(encoder_type="dqn", width_scale=0.25, hidden_dim=32),
         agent=AgentConfig(
             batch_size=B, replay_ratio=G * B, batches_to_group=G,
-            min_replay_history=MIN_REPLAY, epsilon_decay_period=EPS_DECAY,
-            cycle_steps=CYCLE_STEPS, target_action_selection=target_action_selection,
-            epsilon_eval=EPS_EVAL,
+            min_replay_history=MIN_REPLAY, epsilon_train=0.0, epsilon_decay_period=EPS_DECAY,
+            epsilon_eval=EPS_EVAL, cycle_steps=CYCLE_STEPS, update_horizon=FINAL_N,
+            max_update_horizon=MAX_N, gamma=GAMMA, min_gamma=MIN_GAMMA,
+            target_action_selection=target_action_selection,
         ),
         reset=ResetConfig(reset_every=RESET_EVERY, no_resets_after=60),
         replay=ReplayConfig(capacity=200, priority_update=priority_update),
@@ -182,7 +180,8 @@ class Recorder:
 
 
 def expected_epsilon(step: int) -> float:
-    """Dopamine's linear decay after the warm-up, at the agent's counter ``step``."""
+    """Dopamine's linear decay to epsilon_train = 0 after the warm-up, at the agent's
+    counter ``step``."""
     return min(1.0, max(0.0, (EPS_DECAY + MIN_REPLAY - step) / EPS_DECAY))
 
 
