@@ -314,7 +314,8 @@ def test_bfloat16_step_matches_float32(f32):
 
     def update(s):
         return np.concatenate([np.ravel(np.asarray(x) - np.asarray(y)) for x, y in
-                               zip(jax.tree.leaves(s.online), jax.tree.leaves(state.online))])
+                               zip(jax.tree.leaves(s.online), jax.tree.leaves(state.online),
+                                   strict=True)])
 
     # The same AdamW step up to the gradient error: same size, same direction.
     u, u32 = update(new), update(ref)

@@ -1,4 +1,4 @@
-"""The training loop's wiring, step by step (spec §4.1, §4.8, §5.2, §6, §7.1, §8, §9.2, §9.5).
+"""The training loop's wiring, step by step (spec §4.1, §4.8, §5.2, §6, §7.1, §8, §9.2-9.5).
 
 A scripted env stands in for the emulator: every frame it shows is filled with a
 counter (1, 2, ...), so a stored frame or a stack channel names the exact observation;
@@ -19,7 +19,12 @@ import pytest
 from bbf_jax import runner as runner_module
 from bbf_jax.atari_games import canonical_game_name
 from bbf_jax.config import (
-    AgentConfig, EnvConfig, ExperimentConfig, NetworkConfig, ReplayConfig, ResetConfig,
+    AgentConfig,
+    EnvConfig,
+    ExperimentConfig,
+    NetworkConfig,
+    ReplayConfig,
+    ResetConfig,
     RunConfig,
 )
 from bbf_jax.envs import evaluation
