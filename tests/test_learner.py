@@ -2,6 +2,7 @@
 importance weights, batch layout and half precision, on a tiny network."""
 
 import collections
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -283,16 +284,46 @@ def test_float16_non_finite_step_is_skipped_and_halves_the_scale(f32):
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(good.online))
 
 
-def test_bfloat16_compute_trains(f32):
+def test_bfloat16_step_matches_float32(f32):
+    """One bfloat16 step against the float32 step from the same state and batch.
+
+    Bounds follow from bfloat16's unit roundoff u = 2^-8 and the half-precision depth
+    of the graph (the network test's worst-case model): the encoder's 3 * (1 + 2 * 2)
+    convs, renormalize's two roundings and the 4 roundings of the SPR step, each adding
+    at most u relative; the losses are float32 functions of those latents; gradients
+    cross the half-precision layers twice (forward and backward).
+    """
     _, state32, _ = f32
-    learner = make_learner(HALF_AGENT, NetworkConfig(width_scale=0.25, hidden_dim=64,
-                                                     compute_dtype="bfloat16"), A)
+    learner32 = make_learner(HALF_AGENT, TINY, A)
+    learner = make_learner(HALF_AGENT, dataclasses.replace(TINY, compute_dtype="bfloat16"), A)
     state = learner.state_from_params(state32.online, state32.rng, state32.act_rng)
     assert state.loss_scale is None
-    new, metrics = jax.jit(learner.train_step)(state, _minibatch(_batches(6, jumps=1), 0),
-                                              _hparams())
-    for name in ("TotalLoss", "DQNLoss", "SPRLoss", "GradNorm"):
-        assert np.isfinite(float(metrics[name])), name
-    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new.online))
-    assert not np.array_equal(new.online["projection"]["net"]["kernel"],
-                              state.online["projection"]["net"]["kernel"])
+    batch, hp = _minibatch(_batches(6, jumps=1), 0), _hparams()
+    new, metrics = jax.jit(learner.train_step)(state, batch, hp)
+    ref, ref_metrics = jax.jit(learner32.train_step)(state, batch, hp)
+    for tree in (new.online, new.target, new.opt_state):
+        assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(tree)
+                   if jnp.issubdtype(x.dtype, jnp.floating))
+    depth = 3 * (1 + 2 * TINY.num_blocks) + 2 + 4 * HALF_AGENT.jumps
+    bound = depth * 2.0**-8
+    for name in ("TotalLoss", "DQNLoss", "SPRLoss"):
+        np.testing.assert_allclose(metrics[name], ref_metrics[name], rtol=bound, err_msg=name)
+    np.testing.assert_allclose(metrics["dqn_loss_per_sample"], ref_metrics["dqn_loss_per_sample"],
+                               rtol=bound)
+    np.testing.assert_allclose(metrics["GradNorm"], ref_metrics["GradNorm"], rtol=2 * bound)
+
+    def update(s):
+        return np.concatenate([np.ravel(np.asarray(x) - np.asarray(y)) for x, y in
+                               zip(jax.tree.leaves(s.online), jax.tree.leaves(state.online),
+                                   strict=True)])
+
+    # The same AdamW step up to the gradient error: same size, same direction.
+    u, u32 = update(new), update(ref)
+    assert np.linalg.norm(u) == pytest.approx(np.linalg.norm(u32), rel=2 * bound)
+    assert u @ u32 / (np.linalg.norm(u) * np.linalg.norm(u32)) >= 1 - 2 * bound
+    # The target's EMA step is the same function of the new online parameters.
+    tau = float(hp.target_update_tau)
+    for t, o, t0 in zip(jax.tree.leaves(new.target), jax.tree.leaves(new.online),
+                        jax.tree.leaves(state.target), strict=True):
+        np.testing.assert_allclose(t, (1 - tau) * np.asarray(t0) + tau * np.asarray(o),
+                                   rtol=1e-6, atol=1e-7)
