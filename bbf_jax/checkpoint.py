@@ -10,6 +10,11 @@ atomically by ``orbax.checkpoint.CheckpointManager``:
   emulator state (``cloneState``) and preprocessing buffers, the agent's frame stack;
 * ``meta``: JSON with the counters of the loop, numpy generator states and a
   fingerprint (game, seed, operative gin config) that a resumed run must match.
+
+In a multi-process run every process calls :meth:`RunCheckpointer.save` and
+:meth:`~RunCheckpointer.restore` with the same ``base_dir``: orbax synchronises the
+processes, and process 0 writes the arrays (all of them numpy values that are the same on
+every process: the replicated train state and the identical host state).
 """
 
 from __future__ import annotations

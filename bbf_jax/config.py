@@ -276,7 +276,8 @@ class RunConfig:
     """The training run.
 
     Attributes:
-      seed: the one seed of the run (JAX keys and numpy Generators derive from it).
+      seed: the one seed of the run, in [0, 2**32); every JAX key and numpy Generator
+        derives from it, one per purpose (:mod:`bbf_jax.seeds`).
       num_train_steps: agent steps of training. The official runner performs
         num_train_steps + 1 steps (its stop test is '>'; spec §9.4).
       num_eval_episodes: evaluation episodes, one per parallel env.

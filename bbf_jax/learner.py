@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from flax.training.dynamic_scale import DynamicScale
 
-from bbf_jax import augment, distributional, losses
+from bbf_jax import augment, distributional, losses, seeds
 from bbf_jax.config import AgentConfig, NetworkConfig
 from bbf_jax.networks import BBFNetwork, init_params, make_network
 from bbf_jax.optim import make_optimizer
@@ -133,11 +133,11 @@ class Learner:
         return init_params(self.network, key, use_spr=self.agent.use_spr, jumps=self.agent.jumps)
 
     def init(self, seed: int) -> TrainState:
-        """Fresh state from one seed (the official agent's first key split, §11)."""
-        root = jax.random.PRNGKey(seed)
-        rng, init_key = jax.random.split(root)
+        """Fresh state from one seed (the official agent's first key split, §11; the
+        acting key is a third, separate key: :mod:`bbf_jax.seeds`)."""
+        rng, init_key, act_rng = seeds.learner_keys(seed)
         online = self.init_params(init_key)
-        return self.state_from_params(online, rng, jax.random.fold_in(root, 1))
+        return self.state_from_params(online, rng, act_rng)
 
     def state_from_params(self, online, rng, act_rng) -> TrainState:
         target = jax.tree.map(jnp.array, online)

@@ -42,6 +42,26 @@ def _fmt(v):
     return v
 
 
+class NullLog:
+    """Stands in for :class:`CsvLog` or :class:`TensorBoard` on processes that do not
+    write logs (all but process 0 of a multi-process run)."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def truncate_after(self, agent_step: int) -> None:
+        pass
+
+    def write(self, row: dict) -> None:
+        pass
+
+    def scalars(self, step: int, values: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class TensorBoard:
     """Scalar summaries in ``base_dir/tb`` (tensorboardX); events past a resumed step
     are purged so curves do not double back."""

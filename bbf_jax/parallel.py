@@ -35,11 +35,11 @@ across device counts only to that dtype's resolution, and with float16 whether a
 overflows (and is skipped) can depend on the device count, as it would under ``pmap``.
 
 Multi-host: after :func:`maybe_initialize_distributed` every process runs the same
-program; the mesh spans the first ``num_devices`` local devices of every process, each
-process feeds its own ``B / P`` rows of every minibatch (from its own replay), and the
-state is replicated everywhere. Per-sample metrics (``dqn_loss_per_sample``) then span
-processes: read the local rows with ``addressable_shards`` or gather them with
-``jax.experimental.multihost_utils.process_allgather``.
+program and, as with ``pmap``, P processes compute the run of one. The mesh spans the
+first ``num_devices`` local devices of every process; every process holds the same
+replay and samples the same global group, of which it feeds its own ``B / P`` rows of
+every minibatch (:func:`make_put_fn`); the state is replicated everywhere. Per-sample
+metrics (``dqn_loss_per_sample``) span processes: :func:`all_rows` gathers them.
 """
 
 from __future__ import annotations
@@ -49,11 +49,14 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from bbf_jax.learner import Learner, TrainBatch, to_train_batch
 
 DATA_AXIS = "data"
+SHUTDOWN_TIMEOUT_S = 24 * 3600
+START_TIMEOUT_S = 3600
 
 
 # ------------------------------------------------------------------ process setup
@@ -77,8 +80,24 @@ def maybe_initialize_distributed(
         coordinator_address=coordinator_address,
         num_processes=num_processes,
         process_id=process_id,
+        # Process 0 evaluates alone after training (100 episodes can take hours on
+        # CPU) while the others wait for it at the shutdown barrier.
+        shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_S,
     )
     return True
+
+
+def wait_for_all_processes(name: str, timeout_s: int = START_TIMEOUT_S) -> None:
+    """Barrier of all processes through the coordination service (nothing with one).
+
+    Call it before the first device collective: on CPU, the first collective between
+    processes gives up after 30 s if another process is still compiling or loading.
+    """
+    if jax.process_count() == 1:
+        return
+    from orbax.checkpoint import multihost
+
+    multihost.get_barrier_sync_fn()(key=name, timeout_ms=timeout_s * 1000)
 
 
 # ------------------------------------------------------------------------- mesh
@@ -169,16 +188,22 @@ def shard_batch(batch: TrainBatch, mesh: Mesh) -> TrainBatch:
 def make_put_fn(mesh: Mesh, batches_to_group: int, batch_size: int) -> Callable[[Any], TrainBatch]:
     """``put_fn`` for :class:`~bbf_jax.replay.BatchPipeline`: host sample -> sharded batch.
 
-    ``batch_size`` is the global minibatch size B. Each process's replay samples
-    ``G * B / P`` rows, which :func:`~bbf_jax.learner.to_train_batch` groups into
-    ``(G, B / P, ...)`` (importance weights normalised over that local sample) before
-    :func:`shard_batch` places them.
+    ``batch_size`` is the global minibatch size B and every process passes the whole
+    global sample of ``G * B`` rows (the same on every process).
+    :func:`~bbf_jax.learner.to_train_batch` groups it into ``(G, B, ...)`` (importance
+    weights normalised over all ``G * B``, spec §4.8); process p keeps rows
+    ``p * B / P .. (p + 1) * B / P - 1`` of every minibatch, which :func:`shard_batch`
+    places on its devices.
     """
     check_batch_size(batch_size, mesh)
     local_batch = batch_size // jax.process_count()
+    rows = slice(jax.process_index() * local_batch, (jax.process_index() + 1) * local_batch)
 
     def put(sample) -> TrainBatch:
-        return shard_batch(to_train_batch(sample, batches_to_group, local_batch), mesh)
+        batch = to_train_batch(sample, batches_to_group, batch_size)
+        if jax.process_count() > 1:
+            batch = jax.tree.map(lambda x: x[:, rows], batch)
+        return shard_batch(batch, mesh)
 
     return put
 
@@ -215,16 +240,15 @@ def local_replica(tree):
     )
 
 
-def local_rows(x, axis: int = 1) -> np.ndarray:
-    """The rows of a batch-sharded array that this process fed (in order) as numpy.
-
-    One process: the whole array. Several: the local shards along ``axis``
-    (``(G, B, ...)`` arrays are sharded on axis 1), replicas dropped.
-    """
+def all_rows(x) -> np.ndarray:
+    """The whole of a (possibly batch-sharded) array as numpy, on every process."""
     if x.is_fully_addressable:
         return np.asarray(x)
-    shards = {}
-    for shard in x.addressable_shards:
-        start = shard.index[axis].start or 0
-        shards.setdefault(start, np.asarray(shard.data))
-    return np.concatenate([shards[k] for k in sorted(shards)], axis=axis)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def from_process_0(value: int) -> int:
+    """Process 0's ``value`` (an int32), on every process; ``value`` itself with one."""
+    if jax.process_count() == 1:
+        return value
+    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))

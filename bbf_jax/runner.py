@@ -38,6 +38,7 @@ from bbf_jax.config import ExperimentConfig, derive
 from bbf_jax.envs import AtariEnv, FrameStack, clip_reward, evaluate
 from bbf_jax.learner import HParams, make_learner
 from bbf_jax.replay import BatchPipeline, ReplaySample, SubsequenceReplay, priorities_to_set
+from bbf_jax.seeds import RunSeeds
 
 SCALAR_METRICS = ("TotalLoss", "DQNLoss", "TDError", "SPRLoss", "GradNorm", "PNorm")
 
@@ -79,31 +80,26 @@ class Runner:
         self.config_files = [pathlib.Path(f).name for f in config_files]
         self.progress = progress
         self.derived = derive(cfg.agent, n_envs=1)
-        seed = cfg.run.seed
-        # In a multi-process job every process collects its own data: host-side seeds
-        # (emulator, no-ops, replay) differ per process; the learner state is shared.
-        self.process = jax.process_index()
-        host_seed = seed if jax.process_count() == 1 else [seed, self.process]
-        self.env = AtariEnv(
-            cfg.env.game, cfg.env,
-            seed=seed if jax.process_count() == 1 else seed * 1000 + self.process,
-        )
+        self.seeds = RunSeeds(cfg.run.seed)
+        # P processes compute the run of one: each steps the same env stream (same
+        # seeds, actions broadcast from process 0), holds the same replay, draws the same
+        # global group and feeds its own B / P rows of every minibatch. Process 0 alone
+        # writes logs and evaluates.
+        self.primary = jax.process_index() == 0
+        self.env = AtariEnv(cfg.env.game, cfg.env, seed=self.seeds.train_env)
         self.learner = make_learner(cfg.agent, cfg.network, self.env.num_actions)
         self.mesh = parallel.make_mesh(cfg.run.num_devices)
         self.train_fn = parallel.make_parallel_train_steps(self.learner, self.mesh)
         put = parallel.make_put_fn(self.mesh, self.derived.batches_to_group, cfg.agent.batch_size)
         # The device batch, plus the host indices its priorities are written back to.
         self.put_batch = lambda sample: (put(sample), sample.indices)
-        init_state = self.learner.init(seed)
+        init_state = self.learner.init(cfg.run.seed)
         self.state = parallel.replicate(init_state, self.mesh)
-        # Acting is per process (its own env): the live acting key stays on the host side.
+        # The live acting key stays on the host side (acting runs on local devices).
         self.act_rng = init_state.act_rng
-        if jax.process_count() > 1:
-            self.act_rng = jax.random.fold_in(self.act_rng, self.process)
-        host_seeds = np.random.SeedSequence(host_seed).spawn(2)
-        self.noop_rng = np.random.default_rng(host_seeds[0])
+        self.noop_rng = np.random.default_rng(self.seeds.train_noops)
         self.replay = SubsequenceReplay.from_config(
-            cfg.replay, self.derived, n_envs=1, seed=int(host_seeds[1].generate_state(1)[0])
+            cfg.replay, self.derived, n_envs=1, seed=self.seeds.replay
         )
         self.pipeline: BatchPipeline | None = None
         self.hparams = HParams(
@@ -142,8 +138,7 @@ class Runner:
 
     def _pipeline(self) -> BatchPipeline:
         if self.pipeline is None:
-            # Each process samples its own rows of every minibatch (B / P of them).
-            group = self.derived.group_size // jax.process_count()
+            group = self.derived.group_size  # the global group, on every process
             self.pipeline = BatchPipeline(
                 lambda n, gamma: self.replay.sample(group, n, gamma),
                 self.put_batch,
@@ -171,7 +166,7 @@ class Runner:
         self.grad_steps += g
         self.cycle_step += g
         pipeline.launch(*self._schedule())  # sampled while the device computes
-        per_sample = parallel.local_rows(metrics.pop("dqn_loss_per_sample"))
+        per_sample = parallel.all_rows(metrics.pop("dqn_loss_per_sample"))
         metrics = jax.device_get(parallel.local_replica(metrics))
         pipeline.sync()  # no buffer mutation while a sample is being drawn
         if self.cfg.replay.prioritized:
@@ -195,7 +190,10 @@ class Runner:
             self._acting_params(), self.stack.state, self.act_rng, jnp.float32(epsilon)
         )
         self.act_rng = key
-        return int(actions[0])
+        # Every process computes the same action; process 0's is authoritative, so that
+        # float differences between hosts (e.g. autotuned kernels) cannot fork the
+        # env streams.
+        return parallel.from_process_0(int(actions[0]))
 
     def step(self) -> dict | None:
         """One agent step (train, reset check, act, env step, store); returns the
@@ -236,7 +234,8 @@ class Runner:
         """The official evaluation (spec §9.5) with the acting network and epsilon_eval."""
         cfg = self.cfg
         params = self._acting_params()
-        key = jax.random.fold_in(jax.random.PRNGKey(cfg.run.seed), 2 + self.agent_step)
+        seeds = self.seeds.evaluation(self.agent_step)
+        key = seeds.policy_key
         eps = jnp.float32(cfg.agent.epsilon_eval)
 
         def policy(states):
@@ -250,8 +249,7 @@ class Runner:
 
         result = evaluate(
             cfg.env.game, cfg.env, num_episodes, policy,
-            np.random.default_rng([cfg.run.seed, self.agent_step]), seed=cfg.run.seed,
-            progress=self.progress,
+            np.random.default_rng(seeds.noop_seed), seed=seeds.env_seed, progress=self.progress,
         )
         mean = float(np.mean(result.returns))
         return {
@@ -259,6 +257,7 @@ class Runner:
             "seed": cfg.run.seed,
             "agent_steps": self.agent_step,
             "grad_steps": self.grad_steps,
+            "num_processes": jax.process_count(),
             "eval_episodes": num_episodes,
             "returns": [float(r) for r in result.returns],
             "lengths": [int(n) for n in result.lengths],
@@ -321,35 +320,40 @@ class Runner:
             self._pipeline().restore_pending(samples)
 
     # ------------------------------------------------------------------ run
-    def run(self) -> dict:
+    def run(self) -> dict | None:
         """Trains (resuming from ``base_dir`` if a checkpoint exists), evaluates, and
-        writes ``eval.json``; returns its content."""
+        writes ``eval.json``; returns its content (None on processes other than 0,
+        which neither log nor evaluate)."""
         cfg = self.cfg
         self.base_dir.mkdir(parents=True, exist_ok=True)
-        # Orbax coordinates every process of a job on one checkpoint; here each process
-        # has its own host state (env, replay), so multi-process runs do not checkpoint.
-        checkpointer = ckpt.RunCheckpointer(self.base_dir) if jax.process_count() == 1 else None
-        if checkpointer is None:
-            print("bbf-train: note: multi-process runs write no checkpoints (no resume)",
-                  file=sys.stderr)
-        latest = checkpointer.latest_step() if checkpointer else None
-        train_log = metrics_io.CsvLog(
+        parallel.wait_for_all_processes("bbf_jax_run_start")
+        # Every process takes part in each save (orbax synchronises them); the state
+        # saved is the same on all.
+        checkpointer = ckpt.RunCheckpointer(self.base_dir)
+        latest = checkpointer.latest_step()
+        log = metrics_io.CsvLog if self.primary else metrics_io.NullLog
+        train_log = log(
             self.base_dir / "train_log.csv",
             ["agent_step", "grad_steps", "num_resets", "steps_per_second", *SCALAR_METRICS],
         )
-        episode_log = metrics_io.CsvLog(
+        episode_log = log(
             self.base_dir / "episodes.csv", ["agent_step", "episode_return", "episode_length"]
         )
         if latest is not None:
             self._restore(checkpointer, latest)
+            if self.primary:
+                print(f"bbf-train: resumed at agent step {self.agent_step}", flush=True)
             train_log.truncate_after(self.agent_step)
             episode_log.truncate_after(self.agent_step)
         else:
             self._start_episode()
-        tb = metrics_io.TensorBoard(self.base_dir, purge_step=self.agent_step or None)
+        tb = (metrics_io.TensorBoard if self.primary else metrics_io.NullLog)(
+            self.base_dir, purge_step=self.agent_step or None
+        )
         total = cfg.run.num_train_steps + 1
         bar = tqdm.tqdm(total=total, initial=self.agent_step, desc=f"train {self.env.game}",
-                        disable=not self.progress, unit="step", dynamic_ncols=True,
+                        disable=not (self.progress and self.primary), unit="step",
+                        dynamic_ncols=True,
                         mininterval=0.5 if sys.stderr.isatty() else 30.0)
         window_start, window_step = time.perf_counter(), self.agent_step
         last_return = None
@@ -379,18 +383,19 @@ class Runner:
                     if last_return is not None:
                         postfix["return"] = last_return
                     bar.set_postfix(postfix, refresh=False)
-                if cfg.run.eval_every and self.agent_step % cfg.run.eval_every == 0 \
-                        and self.agent_step < total:
+                if self.primary and cfg.run.eval_every \
+                        and self.agent_step % cfg.run.eval_every == 0 and self.agent_step < total:
                     result = self.evaluate(cfg.run.num_eval_episodes)
                     with (self.base_dir / "evals.jsonl").open("a") as f:
                         f.write(json.dumps(result) + "\n")
                     tb.scalars(self.agent_step, {"Eval/AverageReturns": result["mean_return"]})
-                if checkpointer and cfg.run.checkpoint_every \
-                        and self.agent_step % cfg.run.checkpoint_every == 0:
+                if cfg.run.checkpoint_every and self.agent_step % cfg.run.checkpoint_every == 0:
                     self._save(checkpointer)
             bar.close()
-            if checkpointer and checkpointer.latest_step() != self.agent_step:
+            if checkpointer.latest_step() != self.agent_step:
                 self._save(checkpointer)
+            if not self.primary:
+                return None
             result = self.evaluate(cfg.run.num_eval_episodes)
             tb.scalars(self.agent_step, {"Eval/AverageReturns": result["mean_return"],
                                          "Eval/NormalizedScore": result["human_normalized_score"]})
@@ -403,5 +408,4 @@ class Runner:
             tb.close()
             if self.pipeline is not None:
                 self.pipeline.close()
-            if checkpointer:
-                checkpointer.close()
+            checkpointer.close()

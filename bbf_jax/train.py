@@ -1,12 +1,15 @@
 """``bbf-train``: train and evaluate BBF on an Atari 100k game from gin files.
 
-  bbf-train --gin_files gin_configs/BBF.gin --base_dir runs/chopper_s0 [--seed 0] \\
+  bbf-train --gin_files gin_configs/BBF.gin --base_dir runs/chopper_s0 --seed 0 \\
       [--gin_bindings "EnvConfig.game = 'Pong'" ...]
 
-Also ``python -m bbf_jax.train``. Re-running with the same ``--base_dir`` resumes from
-its latest checkpoint. Writes ``config.gin`` (the operative gin config),
-``config.json``, ``train_log.csv``, ``episodes.csv``, TensorBoard events under ``tb/``,
-checkpoints under ``checkpoints/`` and, at the end, ``eval.json``.
+Also ``python -m bbf_jax.train``. ``--seed`` is required: every run of a sweep must say
+which seed it is (``RunConfig.seed`` in gin files is overridden). Re-running with the
+same ``--base_dir`` resumes from its latest checkpoint. Writes ``config.gin`` (the
+operative gin config), ``config.json``, ``train_log.csv``, ``episodes.csv``, TensorBoard
+events under ``tb/``, checkpoints under ``checkpoints/`` and, at the end, ``eval.json``.
+A multi-process job (``--coordinator_address``) shares one ``--base_dir``: all processes
+write the checkpoints, process 0 everything else.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gin_bindings", nargs="*", default=[],
                    help="extra bindings, e.g. \"EnvConfig.game = 'Pong'\"")
     p.add_argument("--base_dir", required=True, help="output directory (resumed if it exists)")
-    p.add_argument("--seed", type=int, default=None, help="overrides RunConfig.seed")
+    p.add_argument("--seed", type=int, required=True,
+                   help="the run seed in [0, 2**32) (sets RunConfig.seed)")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
     p.add_argument("--coordinator_address", default=None,
                    help="host:port of process 0, to join a multi-process (multi-host) job")
@@ -46,14 +50,16 @@ def main(argv=None) -> int:
     parallel.maybe_initialize_distributed(
         args.coordinator_address, args.num_processes, args.process_id
     )
+    import jax
+
     from bbf_jax import gin_utils
     from bbf_jax.atari_games import canonical_game_name
     from bbf_jax.checkpoint import CheckpointError
     from bbf_jax.config import derive
+    from bbf_jax.seeds import RunSeeds
 
-    bindings = list(args.gin_bindings)
-    if args.seed is not None:
-        bindings.append(f"RunConfig.seed = {args.seed}")
+    bindings = [*args.gin_bindings, f"RunConfig.seed = {args.seed}"]
+    primary = jax.process_index() == 0
     base_dir = pathlib.Path(args.base_dir)
     if base_dir.exists() and not base_dir.is_dir():
         return _fail(f"--base_dir {base_dir} exists and is not a directory")
@@ -61,11 +67,12 @@ def main(argv=None) -> int:
         cfg = gin_utils.parse(args.gin_files, bindings)
         derive(cfg.agent, n_envs=1)
         canonical_game_name(cfg.env.game)
+        RunSeeds(cfg.run.seed)
     except ValueError as e:  # ConfigError is a ValueError
         return _fail(str(e))
     try:
         base_dir.mkdir(parents=True, exist_ok=True)
-        probe = base_dir / ".write_test"
+        probe = base_dir / f".write_test{jax.process_index()}"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
@@ -73,20 +80,26 @@ def main(argv=None) -> int:
 
     from bbf_jax.runner import Runner
 
-    (base_dir / "config.gin").write_text(gin_utils.operative_config())
-    (base_dir / "config.json").write_text(
-        json.dumps({"gin_files": args.gin_files, "gin_bindings": bindings,
-                    **{k: dataclasses.asdict(v) for k, v in vars(cfg).items()}},
-                   indent=1, default=list)
-    )
+    if primary:
+        (base_dir / "config.gin").write_text(gin_utils.operative_config())
+        (base_dir / "config.json").write_text(
+            json.dumps({"gin_files": args.gin_files, "gin_bindings": bindings,
+                        "num_processes": jax.process_count(),
+                        **{k: dataclasses.asdict(v) for k, v in vars(cfg).items()}},
+                       indent=1, default=list)
+        )
     try:
         runner = Runner(cfg, base_dir, config_files=args.gin_files, progress=not args.no_progress)
-        print(runner.describe(), flush=True)
+        if primary:
+            print(runner.describe(), flush=True)
         result = runner.run()
     except CheckpointError as e:
         return _fail(str(e))
     except ValueError as e:
         return _fail(str(e))
+    if result is None:
+        print(f"bbf-train: process {jax.process_index()} done (process 0 evaluates)")
+        return 0
     print(
         f"{result['game']} seed {result['seed']}: mean return {result['mean_return']:.2f} "
         f"over {result['eval_episodes']} episodes, human-normalized "

@@ -53,9 +53,6 @@ def _samples(seq_len: int):
     out = []
     for _ in range(DISPATCHES):
         priority = rng.uniform(0.6, 2.0, n).astype(np.float32)
-        # The lowest priority (largest importance weight, the normaliser) in both halves
-        # of minibatch 0, so weights normalised per process equal the global ones.
-        priority[[0, B // 2]] = 0.5
         out.append(
             ReplaySample(
                 state=rng.integers(0, 256, (n, seq_len, 84, 84, 4), dtype=np.uint8),
@@ -200,12 +197,10 @@ def _worker_process(out: pathlib.Path, process_id: int, port: int) -> None:
     state = parallel.replicate(state, mesh)
     step = parallel.make_parallel_train_steps(learner, mesh)
     put = parallel.make_put_fn(mesh, G, B)
-    # Each process samples its own half of every minibatch of the global group.
-    rows = (np.arange(G)[:, None] * B + process_id * B // 2 + np.arange(B // 2)).ravel()
+    # Both processes pass the whole global group; each feeds its half of every minibatch.
     flat = {}
     for i, sample in enumerate(_samples(agent.jumps + 1)[:RESET_BEFORE]):
-        local = jax.tree.map(lambda x: x[rows], sample)
-        state, metrics = step(state, put(local), _hparams(i))
+        state, metrics = step(state, put(sample), _hparams(i))
         metrics = multihost_utils.process_allgather(metrics, tiled=True)
         flat.update(_flat(metrics, f"metrics{i}"))
     flat.update(_flat(state, "before_reset/state"))

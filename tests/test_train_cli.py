@@ -21,9 +21,10 @@ GIN_FILES = sorted((ROOT / "gin_configs").glob("*.gin"))
 CACHE = ROOT / ".pytest_cache" / "jax_compilation_cache"
 
 
-def _env():
+def _env(devices: int = 2):
     env = dict(os.environ)
     env.setdefault("JAX_PLATFORMS", "cpu")
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["PYTHONUNBUFFERED"] = "1"
     # Compiled programs are reused across the test's processes (results are unchanged).
     env["JAX_COMPILATION_CACHE_DIR"] = str(CACHE)
@@ -31,11 +32,18 @@ def _env():
     return env
 
 
-def _train(base_dir, *extra, timeout=600):
-    cmd = [sys.executable, "-m", "bbf_jax.train", "--gin_files", SMOKE, "--base_dir",
-           str(base_dir), "--no_progress", *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=ROOT,
-                          timeout=timeout)
+def _command(base_dir, *bindings):
+    """One-process bbf-train of the smoke config. These runs use a mesh of 2 CPU devices,
+    so that a job of two processes with 1 device each can be compared with them bit for
+    bit (test_two_processes_compute_the_one_process_run)."""
+    return [sys.executable, "-m", "bbf_jax.train", "--gin_files", SMOKE, "--base_dir",
+            str(base_dir), "--seed", "0", "--no_progress", "--gin_bindings",
+            "RunConfig.num_devices = 2", *bindings]
+
+
+def _train(base_dir, *bindings, timeout=600):
+    return subprocess.run(_command(base_dir, *bindings), capture_output=True, text=True,
+                          env=_env(), cwd=ROOT, timeout=timeout)
 
 
 def _final_params(base_dir):
@@ -67,6 +75,8 @@ def test_smoke_run_writes_results(uninterrupted):
                 "mean_return", "human_normalized_score", "config", "bbf_jax_version"):
         assert key in result, key
     assert result["game"] == "Breakout"
+    assert result["seed"] == 0 and result["num_processes"] == 1
+    assert "2 device(s)" in proc.stdout
     assert result["agent_steps"] == 121  # the official loop runs num_train_steps + 1 steps
     # Training from add_count > 80: steps 81..120, 2 gradient steps each.
     assert result["grad_steps"] == 2 * 40
@@ -87,9 +97,7 @@ def test_smoke_run_writes_results(uninterrupted):
 def test_kill_and_resume_is_bit_identical(uninterrupted, tmp_path):
     base_full, _ = uninterrupted
     base = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "bbf_jax.train", "--gin_files", SMOKE, "--base_dir",
-           str(base), "--no_progress"]
-    proc = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_command(base), env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     first = base / "checkpoints" / "60"
     deadline = time.time() + 400
@@ -101,6 +109,7 @@ def test_kill_and_resume_is_bit_identical(uninterrupted, tmp_path):
     assert not (base / "eval.json").exists()
     resumed = _train(base)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed at agent step 60" in resumed.stdout
     full = json.loads((base_full / "eval.json").read_text())
     again = json.loads((base / "eval.json").read_text())
     assert again["returns"] == full["returns"]
@@ -125,7 +134,7 @@ def test_mismatched_checkpoint_is_a_clear_error(uninterrupted, tmp_path):
     import shutil
 
     shutil.copytree(base_full / "checkpoints", base / "checkpoints")
-    proc = _train(base, "--gin_bindings", "AgentConfig.spr_weight = 2.0")
+    proc = _train(base, "AgentConfig.spr_weight = 2.0")
     assert proc.returncode == 2
     assert "belongs to another run" in proc.stderr and "spr_weight" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -147,21 +156,20 @@ def test_corrupt_checkpoint_is_a_clear_error(uninterrupted, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "extra, message",
+    "binding, message",
     [
-        (["--gin_bindings", "AgentConfig.batch_sise = 4"], "batch_sise"),
-        (["--gin_bindings", "NoSuchConfig.x = 1"], "NoSuchConfig"),
-        (["--gin_bindings", "AgentConfig.replay_ratio = 6"], "invalid replay ratio"),
-        (["--gin_bindings", "EnvConfig.game = 'Zork'"], "unknown Atari game 'Zork'"),
-        (["--gin_bindings", "EnvConfig.repeat_action_probability = 1.5"],
+        ("AgentConfig.batch_sise = 4", "batch_sise"),
+        ("NoSuchConfig.x = 1", "NoSuchConfig"),
+        ("AgentConfig.replay_ratio = 6", "invalid replay ratio"),
+        ("EnvConfig.game = 'Zork'", "unknown Atari game 'Zork'"),
+        ("EnvConfig.repeat_action_probability = 1.5",
          "EnvConfig.repeat_action_probability must be a number in [0, 1], got 1.5"),
-        (["--gin_bindings", "ResetConfig.reset_head = 'no'"],
-         "ResetConfig.reset_head must be True or False, got 'no'"),
-        (["--gin_bindings", "ReplayConfig.prefetch = 'sometimes'"], "prefetch"),
+        ("ResetConfig.reset_head = 'no'", "ResetConfig.reset_head must be True or False, got 'no'"),
+        ("ReplayConfig.prefetch = 'sometimes'", "prefetch"),
     ],
 )
-def test_bad_configuration_fails_cleanly(tmp_path, extra, message):
-    proc = _train(tmp_path / "run", *extra, timeout=120)
+def test_bad_configuration_fails_cleanly(tmp_path, binding, message):
+    proc = _train(tmp_path / "run", binding, timeout=120)
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, proc.stderr
@@ -171,10 +179,23 @@ def test_bad_configuration_fails_cleanly(tmp_path, extra, message):
 
 def test_missing_gin_file_fails_cleanly(tmp_path):
     cmd = [sys.executable, "-m", "bbf_jax.train", "--gin_files", str(tmp_path / "nope.gin"),
-           "--base_dir", str(tmp_path / "run")]
+           "--base_dir", str(tmp_path / "run"), "--seed", "0"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=120)
     assert proc.returncode == 2
     assert "gin file not found" in proc.stderr
+
+
+def test_seed_is_required_and_checked(tmp_path):
+    cmd = [sys.executable, "-m", "bbf_jax.train", "--gin_files", SMOKE, "--base_dir",
+           str(tmp_path / "run")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=120)
+    assert proc.returncode == 2
+    assert "the following arguments are required: --seed" in proc.stderr
+    proc = subprocess.run(cmd + ["--seed", "-1"], capture_output=True, text=True, env=_env(),
+                          cwd=ROOT, timeout=120)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "seed must be an integer in [0, 2**32), got -1" in lines[0]
 
 
 @pytest.mark.parametrize("gin_file", GIN_FILES, ids=[f.name for f in GIN_FILES])
@@ -196,32 +217,80 @@ def test_every_gin_config_builds(gin_file, monkeypatch):
     assert derived.group_size == derived.batches_to_group * cfg.agent.batch_size
 
 
-def test_two_process_run_on_localhost(tmp_path):
-    """Multi-host wiring: two CPU processes join one job through --coordinator_address,
-    train one data-parallel learner (each feeding half of every minibatch from its own
-    env and replay) and end with the same replicated parameters."""
+def _free_port() -> int:
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def _start_job(base_dir, num_processes: int) -> list[subprocess.Popen]:
+    """One bbf-train job of ``num_processes`` CPU processes (1 device each) on localhost."""
+    port = _free_port()
     procs = []
-    for pid in range(2):
+    for pid in range(num_processes):
         cmd = [sys.executable, "-m", "bbf_jax.train", "--gin_files", SMOKE, "--base_dir",
-               str(tmp_path / f"p{pid}"), "--no_progress", "--coordinator_address",
-               f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(pid)]
-        procs.append(subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
+               str(base_dir), "--seed", "0", "--no_progress", "--coordinator_address",
+               f"127.0.0.1:{port}", "--num_processes", str(num_processes),
+               "--process_id", str(pid)]
+        procs.append(subprocess.Popen(cmd, env=_env(devices=1), cwd=ROOT, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
-    outs = [p.communicate(timeout=600) for p in procs]
+    return procs
+
+
+def _finish(procs, timeout=600) -> list[tuple[str, str]]:
+    try:
+        outs = [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
     for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
-    assert "2 device(s)" in outs[0][0]
-    assert "write no checkpoints" in outs[0][1]
-    results = [json.loads((tmp_path / f"p{pid}" / "eval.json").read_text()) for pid in (0, 1)]
-    # The learner state is replicated: both processes end with the same parameters.
-    assert results[0]["params_sha256"] == results[1]["params_sha256"]
-    assert results[0]["grad_steps"] == results[1]["grad_steps"] == 2 * 40
-    # Metrics are global-batch means, the same on both processes (wall-clock column aside).
-    logs = [(tmp_path / f"p{pid}" / "train_log.csv").read_text().splitlines() for pid in range(2)]
+    return outs
+
+
+@pytest.fixture(scope="module")
+def two_processes_killed_and_resumed(tmp_path_factory):
+    """Two processes x 1 device on localhost, both killed after the checkpoint of step 60
+    and resumed; returns the run directory and the resumed processes' outputs."""
+    base = tmp_path_factory.mktemp("two_processes")
+    procs = _start_job(base, 2)
+    first = base / "checkpoints" / "60"
+    deadline = time.time() + 400
+    try:
+        while not first.exists() and all(p.poll() is None for p in procs) \
+                and time.time() < deadline:
+            time.sleep(0.05)
+        assert all(p.poll() is None for p in procs), "the job ended before it could be killed"
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGKILL)
+            p.communicate()
+    assert not (base / "eval.json").exists()
+    return base, _finish(_start_job(base, 2))
+
+
+def test_two_processes_compute_the_one_process_run(uninterrupted,
+                                                   two_processes_killed_and_resumed):
+    """Two processes (killed at step 60 and resumed) compute the run of one process on
+    the same 2-device mesh: same env stream, same global minibatches and priorities, same
+    gradient all-reduce (two operands, so even the float sums agree bit for bit)."""
+    ref, _ = uninterrupted
+    base, outs = two_processes_killed_and_resumed
+    assert "resumed at agent step 60" in outs[0][0]
+    assert "mean return" in outs[0][0] and "process 1 done" in outs[1][0]
+    got, want = (json.loads((d / "eval.json").read_text()) for d in (base, ref))
+    assert got["num_processes"] == 2 and want["num_processes"] == 1
+    for key in ("returns", "lengths", "agent_steps", "grad_steps", "params_sha256"):
+        assert got[key] == want[key], key
+    assert (base / "episodes.csv").read_text() == (ref / "episodes.csv").read_text()
+    logs = [(d / "train_log.csv").read_text().splitlines() for d in (base, ref)]
     strip = lambda rows: [r.split(",")[:3] + r.split(",")[4:] for r in rows]  # noqa: E731
     assert len(logs[0]) == 3 and strip(logs[0]) == strip(logs[1])
+    step_a, params_a = _final_params(base)
+    step_b, params_b = _final_params(ref)
+    assert step_a == step_b == 121 and params_a.keys() == params_b.keys()
+    for k in params_a:
+        np.testing.assert_array_equal(params_a[k], params_b[k], err_msg=k)
