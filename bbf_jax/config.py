@@ -251,8 +251,9 @@ class EnvConfig:
       max_steps_per_episode: agent steps after which an episode is cut.
       terminal_on_life_loss: a lost life is a terminal for learning and stacking.
       repeat_action_probability: sticky actions: on every emulator frame the previous
-        frame's action is repeated with this probability (the ALE's own RNG, seeded
-        from the run seed). 0.0 as in BBF.gin (the Atari 100k protocol); 0.25 is the
+        frame's action is repeated with this probability (the ALE's rule, drawn by
+        ``AtariEnv`` from a generator seeded from the run seed, so that checkpoints
+        restore it exactly). 0.0 as in BBF.gin (the Atari 100k protocol); 0.25 is the
         protocol of the official ``RR2_BBF+sticky_*`` score files.
     """
 

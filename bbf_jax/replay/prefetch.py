@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 from collections.abc import Callable, Sequence
-from typing import Any
 
 PREFETCH_MODES = ("official", "corrected")
 MAX_PENDING = 2
