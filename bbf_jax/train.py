@@ -6,7 +6,8 @@
 Also ``python -m bbf_jax.train``. Re-running with the same ``--base_dir`` resumes from
 its latest checkpoint. Writes ``config.gin`` (the operative gin config),
 ``config.json``, ``train_log.csv``, ``episodes.csv``, TensorBoard events under ``tb/``,
-checkpoints under ``checkpoints/`` and, at the end, ``eval.json``.
+checkpoints under ``checkpoints/`` and, at the end, ``eval.json`` (with the verdict,
+also printed) and ``curves.png``.
 """
 
 from __future__ import annotations
@@ -87,11 +88,10 @@ def main(argv=None) -> int:
         return _fail(str(e))
     except ValueError as e:
         return _fail(str(e))
-    print(
-        f"{result['game']} seed {result['seed']}: mean return {result['mean_return']:.2f} "
-        f"over {result['eval_episodes']} episodes, human-normalized "
-        f"{result['human_normalized_score']:.3f} ({base_dir / 'eval.json'})"
-    )
+    from bbf_jax.report.verdict import describe
+
+    print("\n".join(describe(result)))
+    print(f"results: {base_dir / 'eval.json'}, learning curves: {base_dir / 'curves.png'}")
     return 0
 
 
