@@ -36,7 +36,6 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from machine import commit, cpu_name  # noqa: E402
 
-from bbf_jax.config import EnvConfig  # noqa: E402
 from bbf_jax.random_baseline import random_returns  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -195,7 +195,7 @@ def verdict_for_run(result: dict, cfg, progress: bool = False) -> dict:
     official runs at the official budget, else against a random policy evaluated with
     the run's protocol, episode count and seed (cached, see ``bbf_jax.random_baseline``;
     ``progress`` shows a bar while it plays)."""
-    from bbf_jax.random_baseline import random_returns
+    from bbf_jax.random_baseline import random_returns  # needs the emulator; bbf-report not
 
     official = official_set_for(cfg.run.num_train_steps, cfg.agent.replay_ratio)
     verdict = make_verdict(result, official) if official is not None else None
