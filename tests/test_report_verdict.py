@@ -85,3 +85,14 @@ def test_describe_prints_the_numbers():
     result["verdict"] = make_verdict(eval_json("Boxing", [70.0, 90.0]), "official-rr2")
     assert "RR2 mean 77.4, RR8 mean 86.3; this run is at percentile 43 of the 14" \
         in describe(result)[2]
+
+
+def test_a_run_at_the_official_budget_is_compared_with_the_official_seeds():
+    from bbf_jax.config import EnvConfig, ExperimentConfig, RunConfig
+    from bbf_jax.report.verdict import verdict_for_run
+
+    cfg = ExperimentConfig(env=EnvConfig(game="Boxing"), run=RunConfig(num_train_steps=100_000))
+    assert cfg.agent.replay_ratio == 64  # BBF.gin's RR2
+    v = verdict_for_run(eval_json("Boxing", [70.0, 90.0], 100_001), cfg)
+    assert v["official"]["set"] == "official-rr2" and v["random_policy"] is None
+    assert v["label"] == "within the official RR2 seed spread"
