@@ -38,6 +38,8 @@ from bbf_jax.config import ExperimentConfig, derive
 from bbf_jax.envs import AtariEnv, FrameStack, clip_reward, evaluate
 from bbf_jax.learner import HParams, make_learner
 from bbf_jax.replay import BatchPipeline, ReplaySample, SubsequenceReplay, priorities_to_set
+from bbf_jax.report.curves import plot_run_curves
+from bbf_jax.report.verdict import verdict_for_run
 from bbf_jax.seeds import RunSeeds
 
 SCALAR_METRICS = ("TotalLoss", "DQNLoss", "TDError", "SPRLoss", "GradNorm", "PNorm")
@@ -397,11 +399,13 @@ class Runner:
             if not self.primary:
                 return None
             result = self.evaluate(cfg.run.num_eval_episodes)
+            result["verdict"] = verdict_for_run(result, cfg, self.progress)
             tb.scalars(self.agent_step, {"Eval/AverageReturns": result["mean_return"],
                                          "Eval/NormalizedScore": result["human_normalized_score"]})
             tmp = self.base_dir / "eval.json.tmp"
             tmp.write_text(json.dumps(result, indent=1))
             tmp.replace(self.base_dir / "eval.json")
+            plot_run_curves(self.base_dir, self.base_dir / "curves.png")
             return result
         finally:
             bar.close()

@@ -7,7 +7,8 @@ Also ``python -m bbf_jax.train``. ``--seed`` is required: every run of a sweep m
 which seed it is (``RunConfig.seed`` in gin files is overridden). Re-running with the
 same ``--base_dir`` resumes from its latest checkpoint. Writes ``config.gin`` (the
 operative gin config), ``config.json``, ``train_log.csv``, ``episodes.csv``, TensorBoard
-events under ``tb/``, checkpoints under ``checkpoints/`` and, at the end, ``eval.json``.
+events under ``tb/``, checkpoints under ``checkpoints/`` and, at the end, ``eval.json``
+(with the verdict, also printed) and ``curves.png``.
 A multi-process job (``--coordinator_address``) shares one ``--base_dir``: all processes
 write the checkpoints, process 0 everything else.
 """
@@ -100,11 +101,10 @@ def main(argv=None) -> int:
     if result is None:
         print(f"bbf-train: process {jax.process_index()} done (process 0 evaluates)")
         return 0
-    print(
-        f"{result['game']} seed {result['seed']}: mean return {result['mean_return']:.2f} "
-        f"over {result['eval_episodes']} episodes, human-normalized "
-        f"{result['human_normalized_score']:.3f} ({base_dir / 'eval.json'})"
-    )
+    from bbf_jax.report.verdict import describe
+
+    print("\n".join(describe(result)))
+    print(f"results: {base_dir / 'eval.json'}, learning curves: {base_dir / 'curves.png'}")
     return 0
 
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from bbf_jax.report.cli import main
-from bbf_jax.report.curves import read_log, running_mean
+from bbf_jax.report.curves import random_baseline, read_evals, read_log, running_mean
 from bbf_jax.report.runs import load_official
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -195,3 +195,27 @@ def test_curves(tmp_path, capsys):
     assert status == 2 and "no learning curve could be plotted" in err
     status, _, err = run_cli(["--curves", tmp_path / "absent", "--out", out], capsys)
     assert status == 2 and "not a directory" in err
+
+
+def test_curves_read_evaluations_and_the_random_baseline(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "evals.jsonl").write_text(
+        '{"game": "Boxing", "agent_steps": 500, "returns": [1, 3]}\n'
+        '{"agent_steps": 1000}\n'
+        '{"game": "Boxing", "agent_steps": 250, "returns": [0]}\n')
+    final = {"game": "Boxing", "agent_steps": 2001, "returns": [4, 6],
+             "verdict": {"random_policy": {"mean_return": -0.5}}}
+    (run / "eval.json").write_text(json.dumps(final))
+    notes = []
+    evals = read_evals(run, notes)
+    assert [(e["agent_steps"], e["returns"]) for e in evals] == [
+        (250.0, [0.0]), (500.0, [1.0, 3.0]), (2001.0, [4.0, 6.0])]
+    assert len(notes) == 1 and "evals.jsonl:2: unreadable evaluation" in notes[0]
+    assert random_baseline(evals) == (-0.5, "random policy (same protocol)")
+    # Without a random policy in the verdict (official budget, or an older eval.json):
+    # the DQN Zoo random score of the game.
+    del final["verdict"]
+    (run / "eval.json").write_text(json.dumps(final))
+    assert random_baseline(read_evals(run, [])) == (0.1, "random (DQN Zoo)")
+    assert random_baseline([]) is None

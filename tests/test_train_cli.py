@@ -29,6 +29,7 @@ def _env(devices: int = 2):
     # Compiled programs are reused across the test's processes (results are unchanged).
     env["JAX_COMPILATION_CACHE_DIR"] = str(CACHE)
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    env["BBF_JAX_CACHE_DIR"] = str(ROOT / ".pytest_cache" / "bbf_jax")  # random baselines
     return env
 
 
@@ -92,6 +93,12 @@ def test_smoke_run_writes_results(uninterrupted):
     assert "AgentConfig.batch_size = 4" in (base / "config.gin").read_text()
     assert list((base / "tb").glob("events.out.tfevents.*"))
     assert "mean return" in proc.stdout
+    # Every run ends with the verdict (a short run: against a random policy) and the plot.
+    verdict = result["verdict"]
+    assert verdict["label"] in ("above random", "below random", "not distinguishable from random")
+    assert verdict["random_policy"]["episodes"] == 2 and verdict["official"] is None
+    assert f"verdict: Breakout seed 0, 121 agent steps: {verdict['label']}" in proc.stdout
+    assert (base / "curves.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
 def test_kill_and_resume_is_bit_identical(uninterrupted, tmp_path):

@@ -7,7 +7,13 @@ A run directory (the runner's ``base_dir``) holds
 * ``train_log.csv``: one row per logged training step, column ``agent_step`` plus metric
   columns such as ``TotalLoss``, ``DQNLoss``, ``SPRLoss``, ``TDError``, ``GradNorm``.
 
-Either file may instead be JSON Lines (``episodes.jsonl``, ``train_log.jsonl``: one object
+and, when present, ``evals.jsonl`` (one evaluation per line, from ``RunConfig.eval_every``)
+and ``eval.json`` (the final evaluation): their episode returns and means are drawn on the
+return panel at their ``agent_steps``, with the random baseline of the final evaluation's
+verdict (a random policy under the same protocol, or the DQN Zoo random score at the
+official budget) as a dashed line.
+
+Either log may instead be JSON Lines (``episodes.jsonl``, ``train_log.jsonl``: one object
 per line with the same keys). The reader is tolerant: every numeric column other than
 ``agent_step`` is plotted against ``agent_step``, blank or non-numeric cells are skipped,
 and a missing file or column is reported in the returned notes instead of failing.
@@ -22,6 +28,8 @@ import re
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from bbf_jax.atari_games import ATARI_100K_SCORES, canonical_game_name
 
 LOGS = ("episodes", "train_log")
 X = "agent_step"
@@ -118,8 +126,62 @@ def _load(run_dir: pathlib.Path, stem: str, need: tuple[str, ...], notes: list[s
     return cols
 
 
+def read_evals(run_dir: pathlib.Path, notes: list[str]) -> list[dict]:
+    """Evaluations of a run (evals.jsonl, then eval.json) with ``agent_steps`` and
+    ``returns``, sorted by agent step; unreadable entries are noted and skipped."""
+    found = []
+    lines = []
+    if (run_dir / "evals.jsonl").is_file():
+        lines += [(f"evals.jsonl:{i}", t) for i, t in enumerate(
+            (run_dir / "evals.jsonl").read_text().splitlines(), start=1) if t.strip()]
+    if (run_dir / "eval.json").is_file():
+        lines.append(("eval.json", (run_dir / "eval.json").read_text()))
+    for where, text in lines:
+        try:
+            e = json.loads(text)
+            found.append({**e, "agent_steps": float(e["agent_steps"]),
+                          "returns": [float(r) for r in e["returns"]]})
+        except (ValueError, KeyError, TypeError) as err:
+            notes.append(f"{run_dir / where}: unreadable evaluation ({err}); not plotted")
+    return sorted(found, key=lambda e: e["agent_steps"])
+
+
+def random_baseline(evals: list[dict]) -> tuple[float, str] | None:
+    """(score, label) of the random baseline of the last evaluation, if it names one."""
+    if not evals:
+        return None
+    last = evals[-1]
+    policy = (last.get("verdict") or {}).get("random_policy")
+    if policy is not None:
+        return float(policy["mean_return"]), "random policy (same protocol)"
+    try:
+        return ATARI_100K_SCORES[canonical_game_name(last["game"])][0], "random (DQN Zoo)"
+    except (KeyError, ValueError):
+        return None
+
+
+def _plot_returns(ax, episodes, evals: list[dict]) -> None:
+    if episodes is not None:
+        x, y = _series(episodes, RETURN)
+        ax.plot(x, y, ".", alpha=0.3, markersize=3, label="training episode")
+        ax.plot(x, running_mean(y, SMOOTHING_EPISODES),
+                label=f"training, mean of {SMOOTHING_EPISODES}")
+    if evals:
+        steps = [e["agent_steps"] for e in evals]
+        ex = np.concatenate([np.full(len(e["returns"]), e["agent_steps"]) for e in evals])
+        ey = np.concatenate([e["returns"] for e in evals])
+        ax.plot(ex, ey, "x", color="C2", alpha=0.5, markersize=4, label="eval episode")
+        ax.plot(steps, [np.mean(e["returns"]) for e in evals], "o-", color="C2",
+                label="eval mean")
+    baseline = random_baseline(evals)
+    if baseline is not None:
+        ax.axhline(baseline[0], color="C3", linestyle="--", label=baseline[1])
+    ax.legend(fontsize="small")
+
+
 def plot_run_curves(run_dir: pathlib.Path, out_path: pathlib.Path) -> tuple[bool, list[str]]:
-    """Plot episode returns and every train_log metric of one run against agent steps.
+    """Plot episode and evaluation returns (with the random baseline) and every
+    train_log metric of one run against agent steps.
 
     Returns:
       (whether ``out_path`` was written, notes about missing files or columns).
@@ -130,7 +192,8 @@ def plot_run_curves(run_dir: pathlib.Path, out_path: pathlib.Path) -> tuple[bool
     metrics = [c for c in train if c != X] if train is not None else []
     if train is not None and not metrics:
         notes.append(f"{run_dir}: train_log has no metric column besides {X}; not plotted")
-    panels = ([RETURN] if episodes is not None else []) + metrics
+    evals = read_evals(run_dir, notes)
+    panels = ([RETURN] if episodes is not None or evals else []) + metrics
     if not panels:
         return False, notes
     ncols = min(3, len(panels))
@@ -139,10 +202,7 @@ def plot_run_curves(run_dir: pathlib.Path, out_path: pathlib.Path) -> tuple[bool
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False).ravel())
     for ax, name in zip(axes, panels, strict=False):
         if name == RETURN:
-            x, y = _series(episodes, RETURN)
-            ax.plot(x, y, ".", alpha=0.3, markersize=3, label="episode")
-            ax.plot(x, running_mean(y, SMOOTHING_EPISODES), label=f"mean of {SMOOTHING_EPISODES}")
-            ax.legend(fontsize="small")
+            _plot_returns(ax, episodes, evals)
         else:
             ax.plot(*_series(train, name))
         ax.set_title(name)
