@@ -29,7 +29,7 @@ import re
 import numpy as np
 from matplotlib.figure import Figure
 
-from bbf_jax.atari_games import ATARI_100K_SCORES, canonical_game_name
+from bbf_jax.atari_games import ATARI_SCORES, canonical_game_name
 
 LOGS = ("episodes", "train_log")
 X = "agent_step"
@@ -155,7 +155,7 @@ def random_baseline(evals: list[dict]) -> tuple[float, str] | None:
     if policy is not None:
         return float(policy["mean_return"]), "random policy (same protocol)"
     try:
-        return ATARI_100K_SCORES[canonical_game_name(last["game"])][0], "random (DQN Zoo)"
+        return ATARI_SCORES[canonical_game_name(last["game"])][0], "random (DQN Zoo)"
     except (KeyError, ValueError):
         return None
 

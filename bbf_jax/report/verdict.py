@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bbf_jax.atari_games import ATARI_100K_SCORES, canonical_game_name, human_normalized_score
+from bbf_jax.atari_games import ATARI_SCORES, canonical_game_name, human_normalized_score
 from bbf_jax.report import estimators
 from bbf_jax.report.runs import load_official
 
@@ -100,7 +100,7 @@ def official_comparison(game: str, mean_return: float, ci95, official_set: str) 
     below = int((scores < mean_return).sum())
     equal = int((scores == mean_return).sum())
     rr = official_set.removeprefix("official-").upper()
-    random_score = ATARI_100K_SCORES[game][0]
+    random_score = ATARI_SCORES[game][0]
     if ci95[1] < random_score:
         label = "below random"
     elif mean_return < scores.min():
@@ -134,7 +134,7 @@ def make_verdict(result: dict, official_set: str | None = None,
     game = canonical_game_name(result["game"])
     returns = _column(result["returns"])
     mean_return = float(returns.mean())
-    random_score, human_score = ATARI_100K_SCORES[game]
+    random_score, human_score = ATARI_SCORES[game]
     verdict = {
         "mean_return": mean_return,
         "ci95": _ci(estimators.mean, returns),
