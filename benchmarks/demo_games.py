@@ -2,8 +2,8 @@
 
 For every game and seed, trains ``bbf-train`` with the given gin files (default: the
 quick-start config) in a fresh run directory, then compares its final evaluation with a
-uniformly random policy evaluated with the same protocol, episode count and seed
-derivation (``bbf_jax.random_baseline``, cached). Each run's wall time, CPU time
+uniformly random policy evaluated with the same protocol and episode count (the
+baseline of ``bbf_jax.random_baseline``, cached, that the run's verdict uses). Each run's wall time, CPU time
 (user + sys of the training process and its children), peak memory and the 1-minute
 load average before and after are recorded, because other work on the machine inflates
 wall time but hardly CPU time. One row per run is appended to
@@ -36,13 +36,13 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from machine import commit, cpu_name  # noqa: E402
 
-from bbf_jax.random_baseline import random_returns  # noqa: E402
+from bbf_jax.random_baseline import BASELINE_SEED, random_returns  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "demo_games.csv"
 FIELDS = ["date", "commit", "cpu", "jax", "gin", "game", "seed", "agent_steps",
           "grad_steps", "eval_episodes", "mean_return", "returns", "random_mean",
-          "random_returns", "wall_s", "cpu_s", "max_rss_mb", "load_before", "load_after"]
+          "random_returns", "verdict", "wall_s", "cpu_s", "max_rss_mb", "load_before", "load_after"]
 
 
 def train_once(game: str, seed: int, gin_files, bindings, base_dir: pathlib.Path) -> dict:
@@ -103,7 +103,7 @@ def main() -> None:
             if not args.random_only:  # the run computes the baseline first (time included)
                 run = train_once(game, seed, args.gin_files, args.gin_bindings,
                                  work / f"{game}_s{seed}")
-            rand = random_returns(game, cfg.env, cfg.run.num_eval_episodes, seed)
+            rand = random_returns(game, cfg.env, cfg.run.num_eval_episodes, BASELINE_SEED)
             row.update(random_mean=float(np.mean(rand)),
                        random_returns=" ".join(f"{r:g}" for r in rand))
             if args.random_only:
@@ -114,6 +114,7 @@ def main() -> None:
                 res = run.pop("result")
                 row.update({"agent_steps": res["agent_steps"], "grad_steps": res["grad_steps"],
                             "mean_return": res["mean_return"],
+                            "verdict": res["verdict"]["label"],
                             "returns": " ".join(f"{r:g}" for r in res["returns"]),
                             **{k: round(v, 2) for k, v in run.items()}})
                 summary.setdefault(game, []).append((res["mean_return"], row["random_mean"]))

@@ -35,6 +35,11 @@ def pytest_configure(config):
         cache_dir = pathlib.Path(tempfile.gettempdir()) / "bbf_jax-jax-compilation-cache"
         cache_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache_dir))
+    # Random-policy baselines (end-of-run verdicts) are cached; tests, some of which play
+    # scripted envs, never read or write the user's cache.
+    if "BBF_JAX_TEST_CACHE_DIR" not in os.environ:  # one directory for the workers too
+        os.environ["BBF_JAX_TEST_CACHE_DIR"] = tempfile.mkdtemp(prefix="bbf_jax-test-cache-")
+    os.environ["BBF_JAX_CACHE_DIR"] = os.environ["BBF_JAX_TEST_CACHE_DIR"]
 
     import jax
 
@@ -72,3 +77,23 @@ def parity():
     """The numerics of the parity tests for a whole module (see the module docstring)."""
     with parity_numerics():
         yield
+
+
+# The slowest files (end-to-end runs, multi-device runs) first: with ``--dist loadfile``
+# (pyproject.toml) each file runs on one worker, so its module fixtures run once, and the
+# many short files fill in around the long ones.
+_SLOW_FILES_FIRST = (
+    "test_train_cli.py",
+    "test_parallel.py",
+    "test_runner_wiring.py",
+    "test_crosscheck_network_losses.py",
+    "test_learner.py",
+    "test_torch_learner.py",
+    "test_network.py",
+    "test_resets.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(_SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -219,15 +219,28 @@ def recorded_run(request, tmp_path_factory):
     cfg = experiment(target_acting, priority_update)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(runner_module, "AtariEnv", ScriptedEnv)
-        eval_envs = []
+        eval_envs = []  # the envs of the run's own evaluations (not the random baseline's)
+        evaluating = []
 
         def eval_env(*args, **kwargs):
-            eval_envs.append(ScriptedEnv(*args, **kwargs))
-            return eval_envs[-1]
+            env = ScriptedEnv(*args, **kwargs)
+            if evaluating:
+                eval_envs.append(env)
+            return env
 
         mp.setattr(evaluation, "AtariEnv", eval_env)
         run = runner_module.Runner(cfg, tmp_path_factory.mktemp("run"), progress=False)
         recorder = Recorder(run)
+        run_evaluate = run.evaluate
+
+        def evaluate(num_episodes):
+            evaluating.append(True)
+            try:
+                return run_evaluate(num_episodes)
+            finally:
+                evaluating.pop()
+
+        run.evaluate = evaluate
         result = run.run()
     return cfg, run, recorder, result, eval_envs
 
