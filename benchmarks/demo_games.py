@@ -3,10 +3,10 @@
 For every game and seed, trains ``bbf-train`` with the given gin files (default: the
 quick-start config) in a fresh run directory, then compares its final evaluation with a
 uniformly random policy evaluated with the same protocol and episode count (the
-baseline of ``bbf_jax.random_baseline``, cached, that the run's verdict uses). Each run's wall time, CPU time
-(user + sys of the training process and its children), peak memory and the 1-minute
-load average before and after are recorded, because other work on the machine inflates
-wall time but hardly CPU time. One row per run is appended to
+baseline of ``bbf_jax.random_baseline``, cached, that the run's verdict uses). Each
+run's wall time, CPU time (user + sys of the training process and its children), peak
+memory and the 1-minute load average before and after are recorded, because other work
+on the machine inflates wall time but hardly CPU time. One row per run is appended to
 ``benchmarks/results/demo_games.csv``; a per-game summary is printed at the end. Random
 baselines are cached in ``<work_dir>/random_baseline_cache``, which starts empty, so a
 run's time includes its baseline as on a new user's machine.

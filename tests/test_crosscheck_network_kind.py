@@ -2,10 +2,10 @@
 a transposed conv kernel and 1e-4 relative on one Q-value."""
 
 import pathlib
-import shutil
 
 import numpy as np
 import pytest
+from helpers import edited_fixture_copy
 
 from bbf_jax.crosscheck import cli
 
@@ -16,13 +16,7 @@ FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "network_small.npz"
 
 def _edited_copy(dst_dir: pathlib.Path, edit) -> pathlib.Path:
     dst_dir.mkdir()
-    dst = dst_dir / FIXTURE.name
-    with np.load(FIXTURE) as data:
-        arrays = {k: data[k] for k in data.files}
-    edit(arrays)
-    np.savez_compressed(dst, **arrays)
-    shutil.copy(FIXTURE.with_suffix(".json"), dst.with_suffix(".json"))
-    return dst
+    return edited_fixture_copy(FIXTURE, dst_dir / FIXTURE.name, edit)
 
 
 def _failed(out: str, path: pathlib.Path) -> set[str]:

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import edited_fixture_copy
 
 from bbf_jax.crosscheck import cli
 
@@ -36,14 +37,6 @@ def exported(tmp_path_factory, tiny_gin):
     return get
 
 
-def _edited_copy(src, dst, edit):
-    with np.load(src) as data:
-        arrays = {k: data[k] for k in data.files}
-    edit(arrays)
-    np.savez_compressed(dst, **arrays)
-    dst.with_suffix(".json").write_text(src.with_suffix(".json").read_text())
-
-
 def _failed_rows(capsys, path):
     assert cli.main(["verify", str(path)]) == 1
     out = capsys.readouterr().out
@@ -69,7 +62,7 @@ def test_export_verify_round_trip(tmp_path, exported, capsys, kind, perturbed_ke
         arrays[perturbed_key] = (arrays[perturbed_key] + 1e-3).astype(arrays[perturbed_key].dtype)
 
     bad = tmp_path / f"{kind}_bad.npz"
-    _edited_copy(out, bad, add)
+    edited_fixture_copy(out, bad, add)
     assert _failed_rows(capsys, bad) == {perturbed_key}
 
 
@@ -91,7 +84,7 @@ def test_small_wrong_losses_values_fail(tmp_path, exported, capsys):
         a[new] = (a[new] + np.float32(1e-4 * 0.1) * a["params/" + decayed]).astype(np.float32)
 
     bad = tmp_path / "losses_bad.npz"
-    _edited_copy(exported("losses"), bad, edit)
+    edited_fixture_copy(exported("losses"), bad, edit)
     assert _failed_rows(capsys, bad) == {
         case + "grads/" + kernel,
         case + "new_online_params/" + kernel,

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import edited_fixture_copy
 
 from bbf_jax.crosscheck import cli
 from bbf_jax.crosscheck.fixture_io import load_fixture
@@ -68,13 +69,7 @@ def test_every_row_is_within_its_bound_and_exact_rows_have_none(kind):
 
 def _copy_npz(src, dst_dir, edit):
     """Copies ``src`` (npz + json) into ``dst_dir`` under the same name, applying ``edit``."""
-    dst = dst_dir / src.name
-    with np.load(src) as data:
-        arrays = {k: data[k] for k in data.files}
-    edit(arrays)
-    np.savez_compressed(dst, **arrays)
-    shutil.copy(src.with_suffix(".json"), dst.with_suffix(".json"))
-    return dst
+    return edited_fixture_copy(src, dst_dir / src.name, edit)
 
 
 def _run(capsys, path):

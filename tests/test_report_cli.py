@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import write_eval
 
 from bbf_jax.report.cli import main
 from bbf_jax.report.curves import random_baseline, read_evals, read_log, running_mean
@@ -16,13 +17,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LAST_LINE = re.compile(r"^iqm: (\d+\.\d{3}) \[(\d+\.\d{3}), (\d+\.\d{3})\]$")
 
 
-def write_eval(root, name, game, seed, returns):
-    d = root / name
-    d.mkdir(parents=True)
-    (d / "eval.json").write_text(json.dumps({
-        "game": game, "seed": seed, "agent_steps": 100_000, "eval_episodes": len(returns),
-        "returns": returns, "mean_return": sum(returns) / len(returns)}))
-    return d
 
 
 def run_cli(args, capsys):

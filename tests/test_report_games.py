@@ -1,19 +1,11 @@
 """bbf-report game sets (--games atari26|atari55) and the Video Pinball normalisation."""
 
 import csv
-import json
 
 import pytest
+from helpers import write_eval
 
 from bbf_jax.report.cli import main
-
-
-def write_eval(root, name, game, seed, returns):
-    d = root / name
-    d.mkdir(parents=True)
-    (d / "eval.json").write_text(json.dumps({
-        "game": game, "seed": seed, "agent_steps": 100_000, "eval_episodes": len(returns),
-        "returns": returns, "mean_return": sum(returns) / len(returns)}))
 
 
 def run_cli(args, capsys):

@@ -20,8 +20,8 @@ column to float32 rounding.
 from __future__ import annotations
 
 import csv
-import importlib.resources
 import dataclasses
+import importlib.resources
 import json
 import math
 import pathlib
