@@ -339,7 +339,7 @@ def make_inputs(num_actions: int, seed: int, learner) -> dict[str, np.ndarray]:
     from bbf_jax.learner import importance_weights
 
     # Jitted: bitwise the same parameters as an eager init, without op-by-op dispatch.
-    params = flatten_tree(jax.jit(learner.init_params)(jax.random.PRNGKey(seed)))
+    params = flatten_tree(learner.init_params(jax.random.PRNGKey(seed)))
     noise = np.random.RandomState(2)
     arrays = {f"params/{k}": v for k, v in params.items()}
     for k, v in params.items():

@@ -152,7 +152,7 @@ def export(args) -> pathlib.Path:
         exp = gin_utils.parse(args.gin_files, args.gin_bindings)
         learner = make_learner(AgentConfig(), exp.network, args.num_actions)
         # Jitted: bitwise the same parameters as an eager init, without op-by-op dispatch.
-        online = flatten_tree(jax.jit(learner.init_params)(jax.random.PRNGKey(args.seed)))
+        online = flatten_tree(learner.init_params(jax.random.PRNGKey(args.seed)))
         noise = np.random.RandomState(args.seed + 1)
         arrays = {"input/rng": np.asarray(jax.random.PRNGKey(7))}
         for k, v in online.items():
