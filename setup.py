@@ -54,6 +54,7 @@ setup(
             "bbf-train=bbf_jax.train:main",
             "bbf-crosscheck=bbf_jax.crosscheck.cli:main",
             "bbf-report=bbf_jax.report.cli:main",
+            "bbf-sweep=bbf_jax.sweep.cli:main",
         ]
     },
     classifiers=[

@@ -10,8 +10,10 @@ set; put it after the runs. With no runs, the comparison set is reported alone. 
 chooses the game set (default atari26, the Atari 100k games; atari55, the 55 games of the
 official score files): the official sets are cut to it, runs of a game outside it are an
 error. When an official set is in the report, Video Pinball is normalised in every set as
-the official files do (random = 0). The last line printed is
-``iqm: <value> [<low>, <high>]`` of the first set.
+the official files do (random = 0). A bbf-sweep directory (with sweep.json) is reported
+per variant: ``<out>/<variant>/`` holds each variant's report against the --compare set,
+``<out>/report.md`` a table of all. The last line printed is
+``iqm: <value> [<low>, <high>]`` of the first set (of a sweep: of its first variant).
 
 Exit status: 0 on success, 2 on an input or argument that cannot be used (one clear line).
 """
@@ -94,21 +96,7 @@ def _in_game_set(sets: list, name: str) -> list:
     return out
 
 
-def _report(args, command: str) -> int:
-    from bbf_jax.report.analysis import analyse
-    from bbf_jax.report.output import write_report
-    from bbf_jax.report.runs import collect_runs
-    from bbf_jax.report.scoreset import ScoreSet
-
-    sets = []
-    if args.paths:
-        sets.append(ScoreSet("runs", tuple(collect_runs(args.paths))))
-    if args.compare:
-        sets.append(_compare_set(args.compare))
-    if not sets:
-        raise ReportInputError("nothing to report: give run directories and/or --compare")
-    sets = _in_game_set(sets, args.games)
-    analysis = analyse(sets, reps=args.reps, seed=args.seed)
+def _print_analysis(analysis) -> None:
     for r in analysis.results:
         print(r.note)
     for r in analysis.results:
@@ -118,9 +106,70 @@ def _report(args, command: str) -> int:
         a, b = (r.scores.name for r in analysis.results)
         e = analysis.poi
         print(f"P({a} > {b}): {e.value:.3f} [{e.low:.3f}, {e.high:.3f}]")
+
+
+def _report(args, command: str) -> int:
+    from bbf_jax.report.analysis import analyse
+    from bbf_jax.report.output import write_report
+    from bbf_jax.report.runs import collect_runs
+    from bbf_jax.report.scoreset import ScoreSet
+    from bbf_jax.sweep.manifest import is_sweep_dir
+
+    sweeps = [p for p in args.paths if is_sweep_dir(p)]
+    if sweeps:
+        if len(args.paths) != 1:
+            raise ReportInputError(
+                f"a sweep directory ({sweeps[0]}) is reported alone, one report per variant; "
+                f"got {' '.join(args.paths)}")
+        return _report_sweep(args, command, pathlib.Path(sweeps[0]))
+    sets = []
+    if args.paths:
+        sets.append(ScoreSet("runs", tuple(collect_runs(args.paths))))
+    if args.compare:
+        sets.append(_compare_set(args.compare))
+    if not sets:
+        raise ReportInputError("nothing to report: give run directories and/or --compare")
+    sets = _in_game_set(sets, args.games)
+    analysis = analyse(sets, reps=args.reps, seed=args.seed)
+    _print_analysis(analysis)
     for path in write_report(analysis, args.out, command):
         print(f"wrote {path}")
     e = analysis.results[0].aggregates["iqm"]
+    print(f"iqm: {e.value:.3f} [{e.low:.3f}, {e.high:.3f}]")
+    return 0
+
+
+def _report_sweep(args, command: str, base_dir: pathlib.Path) -> int:
+    """One report per variant of a bbf-sweep directory (``<out>/<variant>/``), each against
+    the --compare set, and an index ``<out>/report.md``."""
+    from bbf_jax.report.analysis import analyse
+    from bbf_jax.report.output import write_report, write_sweep_index
+    from bbf_jax.report.runs import collect_runs
+    from bbf_jax.report.scoreset import ScoreSet
+    from bbf_jax.sweep.manifest import load
+
+    try:
+        sweep = load(base_dir)
+    except ValueError as e:  # SweepError
+        raise ReportInputError(str(e)) from None
+    compare = _compare_set(args.compare) if args.compare else None
+    analyses = {}
+    for variant in sweep.variants:
+        vdir = base_dir / variant.name
+        if not vdir.is_dir() or not any(vdir.rglob("eval.json")):
+            print(f"note: variant {variant.name}: no finished run (eval.json) yet, left out")
+            continue
+        sets = [ScoreSet(variant.name, tuple(collect_runs([vdir])))]
+        sets = _in_game_set(sets + ([compare] if compare else []), args.games)
+        analysis = analyse(sets, reps=args.reps, seed=args.seed)
+        _print_analysis(analysis)
+        for path in write_report(analysis, args.out / variant.name, command):
+            print(f"wrote {path}")
+        analyses[variant.name] = analysis
+    if not analyses:
+        raise ReportInputError(f"{base_dir}: no variant has a finished run (eval.json) yet")
+    print(f"wrote {write_sweep_index(analyses, base_dir, args.out, command)}")
+    e = next(iter(analyses.values())).results[0].aggregates["iqm"]
     print(f"iqm: {e.value:.3f} [{e.low:.3f}, {e.high:.3f}]")
     return 0
 

@@ -149,3 +149,31 @@ def write_report(analysis: Analysis, out: pathlib.Path, command: str) -> list[pa
     write_plots(analysis, out)
     (out / "report.md").write_text(render_markdown(analysis, command))
     return [out / n for n in ("report.md", "per_game.csv", "aggregates.csv", *PLOTS)]
+
+
+def write_sweep_index(analyses: dict[str, Analysis], sweep_dir: pathlib.Path,
+                      out: pathlib.Path, command: str) -> pathlib.Path:
+    """``out/report.md`` for a sweep: one row per variant (``analyses``: variant name ->
+    its Analysis, whose first set is the variant) linking to ``<variant>/report.md``."""
+    first = next(iter(analyses.values()))
+    other = first.results[1].scores.name if len(first.results) == 2 else None
+    head = ["variant", "runs", "games", *plots.METRIC_TITLES.values()]
+    if other is not None:
+        head.append(f"P(variant > {other})")
+    lines = ["# bbf_jax sweep report", "",
+             f"Written by `bbf-report` (bbf_jax {bbf_jax.__version__}): `{command}`", "",
+             f"Sweep `{sweep_dir}`: one report per variant"
+             + (f", each against {other} on the games both cover" if other else "")
+             + " (human-normalised aggregates, 95 % CI).", "",
+             "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for name, a in analyses.items():
+        r = a.results[0]
+        cells = [f"[{name}]({name}/report.md)", str(len(r.scores.runs)), str(len(a.games)),
+                 *(_fmt(r.aggregates[m]) for m in plots.METRIC_TITLES)]
+        if other is not None:
+            cells.append(_fmt(a.poi))
+        lines.append("| " + " | ".join(cells) + " |")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
