@@ -2,7 +2,7 @@
 
   bbf-sweep --gin_files gin_configs/BBF.gin --games atari26 --seeds 0-9 \\
       [--gin_bindings B ...] [--variant NAME=B;B ...] --base_dir runs/sweep \\
-      [--jobs N] [--devices 0,1,...] | [--slurm [--slurm_opts "..."] [--slurm_tasks K] [--dry_run]]
+      [--jobs N] [--devices 0,1,...] | [--slurm [--slurm_opts="..."] [--slurm_tasks K] [--dry_run]]
   bbf-sweep --status runs/sweep
   bbf-sweep --array_task --base_dir runs/sweep     (what each SLURM array task runs)
 
@@ -53,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--slurm", action="store_true",
                    help="write a SLURM job-array script and submit it with sbatch")
     p.add_argument("--slurm_opts", default="",
-                   help="sbatch options for the script, e.g. \"--gres=gpu:1 --time=12:00:00\"")
+                   help="sbatch options as #SBATCH lines of the script, written with '=' as their "
+                        "value starts with '-': --slurm_opts=\"--gres=gpu:1 --time=12:00:00\"")
     p.add_argument("--slurm_tasks", type=int, default=None,
                    help=f"array tasks (default: one per run, at most {slurm.MAX_TASKS})")
     p.add_argument("--dry_run", action="store_true",
