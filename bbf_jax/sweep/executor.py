@@ -69,7 +69,7 @@ class _Active:
     err_offset: int
 
 
-def _start(sweep: Sweep, run: SweepRun, device, shared, python) -> _Active:
+def _start(sweep: Sweep, run: SweepRun, device, shared) -> _Active:
     run_dir = sweep.base_dir / run.rel_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     attempt = status_lib.read_state(run_dir).get("attempt", 0) + 1
@@ -82,7 +82,7 @@ def _start(sweep: Sweep, run: SweepRun, device, shared, python) -> _Active:
         out.flush()
         err.flush()
         offset = err.tell()
-        cmd = train_command(run, sweep.gin_files, sweep.gin_bindings, sweep.base_dir, python)
+        cmd = train_command(run, sweep.gin_files, sweep.gin_bindings, sweep.base_dir)
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                 env=run_env(device, shared))
     state = {"state": "running", "attempt": attempt, "host": host, "pid": proc.pid,
@@ -112,7 +112,7 @@ def failure_lines(run_dir: pathlib.Path, state: dict) -> list[str]:
 
 
 def execute(sweep: Sweep, runs: list[SweepRun], jobs: int = 1,
-            devices: list[str] | None = None, python: str | None = None, log=print) -> int:
+            devices: list[str] | None = None) -> int:
     """Runs ``runs`` (of ``sweep``) ``jobs`` at a time; returns how many failed.
 
     With ``devices``, each run is pinned to the least busy of them.
@@ -123,11 +123,11 @@ def execute(sweep: Sweep, runs: list[SweepRun], jobs: int = 1,
     for run in runs:
         st = status_lib.run_status(sweep.base_dir / run.rel_dir)
         if st.kind == "running":
-            log(f"skipped {run.label}: running (pid {st.state.get('pid')} on "
+            print(f"skipped {run.rel_dir}: running (pid {st.state.get('pid')} on "
                 f"{st.state.get('host')})")
         elif st.kind != "done":
             todo.append(run)
-    log(f"{len(runs)} run(s), {len(runs) - len(todo)} finished or running elsewhere, "
+    print(f"{len(runs)} run(s), {len(runs) - len(todo)} finished or running elsewhere, "
         f"{len(todo)} to run, {jobs} at a time")
     shared = devices is not None and jobs > len(devices)
     load = {d: 0 for d in devices or []}
@@ -139,9 +139,9 @@ def execute(sweep: Sweep, runs: list[SweepRun], jobs: int = 1,
             device = pick_device(devices, load) if devices else None
             if device is not None:
                 load[device] += 1
-            a = _start(sweep, todo.pop(0), device, shared, python)
+            a = _start(sweep, todo.pop(0), device, shared)
             active.append(a)
-            log(f"started {a.run.label}" + (f" on GPU {device}" if device else ""))
+            print(f"started {a.run.rel_dir}" + (f" on GPU {device}" if device else ""))
         time.sleep(_POLL_S)
         for a in [a for a in active if a.proc.poll() is not None]:
             active.remove(a)
@@ -150,12 +150,12 @@ def execute(sweep: Sweep, runs: list[SweepRun], jobs: int = 1,
             run_dir = sweep.base_dir / a.run.rel_dir
             if _finish(sweep, a, a.proc.returncode):
                 took = a.state["ended"] - a.state["started"]
-                log(f"done {a.run.label} in {status_lib.format_duration(took)}")
+                print(f"done {a.run.rel_dir} in {status_lib.format_duration(took)}")
             else:
                 failed += 1
                 for line in failure_lines(run_dir, a.state):
-                    log(line)
-            log(summary(sweep, jobs))
+                    print(line)
+            print(summary(sweep, jobs))
         if time.time() - beat > status_lib.HEARTBEAT_S:
             beat = time.time()
             for a in active:

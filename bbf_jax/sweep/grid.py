@@ -45,10 +45,6 @@ class SweepRun:
         """Run directory relative to the sweep's base_dir: '<variant>/<game>/seed_<seed>'."""
         return f"{self.variant.name}/{self.game}/seed_{self.seed}"
 
-    @property
-    def label(self) -> str:
-        return self.rel_dir
-
 
 def parse_seeds(text: str) -> tuple[int, ...]:
     """'0-9', '0,3,5' or '0-2,7' -> the seeds in the given order (inclusive ranges)."""

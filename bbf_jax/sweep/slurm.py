@@ -37,7 +37,7 @@ def sbatch_options(text: str) -> list[str]:
     return [shlex.join(opt) for opt in options]
 
 
-def script(sweep: Sweep, tasks: int, options: list[str], python: str | None = None) -> str:
+def script(sweep: Sweep, tasks: int, options: list[str]) -> str:
     """The text of the job-array script (``tasks`` array tasks, ``options`` as #SBATCH)."""
     base = sweep.base_dir.resolve()
     n = len(sweep.runs)
@@ -53,7 +53,7 @@ def script(sweep: Sweep, tasks: int, options: list[str], python: str | None = No
         f"# bbf-sweep: {n} runs ({base / 'sweep.json'}); array task i of {tasks} runs the runs",
         f"# r with r % {tasks} == i, skipping finished runs and resuming interrupted ones.",
         "set -euo pipefail",
-        shlex.join([python or sys.executable, "-m", "bbf_jax.sweep", "--array_task",
+        shlex.join([sys.executable, "-m", "bbf_jax.sweep", "--array_task",
                     "--base_dir", str(base)]),
         "",
     ]

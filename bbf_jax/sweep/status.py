@@ -65,7 +65,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def run_status(run_dir: pathlib.Path, now: float | None = None) -> RunStatus:
+def run_status(run_dir: pathlib.Path) -> RunStatus:
     """The status of one run directory (see the module docstring)."""
     state = read_state(run_dir)
     if (run_dir / "eval.json").is_file():
@@ -80,8 +80,7 @@ def run_status(run_dir: pathlib.Path, now: float | None = None) -> RunStatus:
         if state.get("host") == socket.gethostname():
             alive = _alive(int(state["pid"]))
         else:
-            now = time.time() if now is None else now
-            alive = now - (run_dir / STATE_FILE).stat().st_mtime < STALE_S
+            alive = time.time() - (run_dir / STATE_FILE).stat().st_mtime < STALE_S
         return RunStatus("running" if alive else "interrupted", state)
     return RunStatus("failed", state)
 
