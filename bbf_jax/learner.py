@@ -129,7 +129,12 @@ class Learner:
         )
 
     # ------------------------------------------------------------------ init
+    @functools.partial(jax.jit, static_argnums=0)
     def init_params(self, key) -> dict:
+        """:func:`bbf_jax.networks.init_params` as one jitted program: a fresh process
+        would otherwise compile hundreds of initializer ops one by one (seconds), and a
+        jitted program enters the persistent compilation cache. Bit-identical to the
+        eager call (``jax.random``'s samplers are jitted units either way; tested)."""
         return init_params(self.network, key, use_spr=self.agent.use_spr, jumps=self.agent.jumps)
 
     def init(self, seed: int) -> TrainState:

@@ -57,6 +57,18 @@ def f32():
     return learner, state, jax.jit(learner.train_step)
 
 
+def test_jitted_init_equals_the_eager_official_initialisation(f32):
+    """Learner.init_params is jitted; its values are those of the eager
+    networks.init_params (the function checked against the official initial weights),
+    bit for bit: integer PRNG bits and per-sampler programs either way."""
+    from bbf_jax.networks import init_params
+
+    learner, _, _ = f32
+    key = jax.random.PRNGKey(3)
+    eager = init_params(learner.network, key, use_spr=True, jumps=AGENT.jumps)
+    _assert_trees_equal(learner.init_params(key), eager)
+
+
 # --------------------------------------------------------------- grouped steps, compilation
 def test_train_steps_equals_g_single_steps(f32):
     learner, state, step = f32

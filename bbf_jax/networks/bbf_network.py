@@ -9,7 +9,6 @@ same key gives bit-identical parameters (see :func:`init_params`).
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -138,19 +137,12 @@ def make_network(config: NetworkConfig, num_actions: int) -> BBFNetwork:
     return BBFNetwork(num_actions=num_actions, config=config)
 
 
-@functools.partial(jax.jit, static_argnames=("network", "use_spr", "jumps"))
 def init_params(network: BBFNetwork, key, use_spr: bool, jumps: int = 5) -> dict:
     """Initial parameters exactly as the official agent makes them (spec §3.10).
 
     Same key for the 'params' and 'dropout' streams, a zero state, zero actions of
     length ``jumps`` and ``do_rollout = use_spr`` (without SPR the transition model
     and predictor are not created). Returns the ``params`` collection (nested dict).
-
-    Jitted: one program instead of hundreds of per-op dispatches, so it enters the
-    persistent compilation cache (a fresh process would otherwise spend seconds
-    compiling each initializer op). The values are those of the eager call bit for
-    bit: ``jax.random``'s samplers are jitted units either way, and the official
-    initial weights are checked against this function.
     """
     x = jnp.zeros((1, 84, 84, 4), network.compute_dtype)
     actions = jnp.zeros((1, max(jumps, 1)), jnp.int32)
