@@ -318,7 +318,14 @@ class Runner:
         self.noop_rng.bit_generator.state = meta["noop_rng"]
         self._log_acc = {k: list(v) for k, v in meta["log_acc"].items()}
         if meta["pipeline"]:
-            samples = [ReplaySample(**host["pending"][str(j)]) for j in range(len(host["pending"]))]
+            try:
+                samples = [ReplaySample(**host["pending"][str(j)])
+                           for j in range(len(host["pending"]))]
+            except TypeError:
+                raise ckpt.CheckpointError(
+                    f"checkpoint {step} holds prefetched batches of another layout "
+                    f"(fields {sorted(host['pending']['0'])}); this bbf_jax cannot resume it"
+                ) from None
             self._pipeline().restore_pending(samples)
 
     # ------------------------------------------------------------------ run
