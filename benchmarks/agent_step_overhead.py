@@ -7,10 +7,14 @@ function is compiled times ``--steps`` agent steps with the runner's functions w
 
   env               ``AtariEnv.step`` and the episode resets (emulator, preprocessing)
   replay add        ``SubsequenceReplay.add`` (and its sum-tree update)
-  act dispatch      the jitted select call (asynchronous: host work only)
-  train host        ``Runner._train_once`` less its wait for the metrics: prefetched
-                    batch, train dispatch, launch of the next sample, metrics
-                    conversion, priority update
+  act dispatch      the jitted select call (on CPU, XLA runs such a small program
+                    inline at dispatch, so this includes its device work)
+  train dispatch    the jitted train call (asynchronous)
+  wait: prefetch    ``BatchPipeline.sync``: the next group's sampling and device copy
+                    in the prefetch thread, which competes with the train step for
+                    the CPU cores
+  train host        the rest of ``Runner._train_once``: prefetched batch, launch of the
+                    next sample, metrics conversion, priority update
   other Python      the rest of ``Runner.step`` (schedules, reset check, frame stack)
   wait: train       blocked on the train dispatch's per-sample losses (device work)
   wait: act         blocked on the action (device work)
@@ -107,24 +111,30 @@ def main(argv=None) -> int:
     timers.wrap(run, "_act", "act")
     timers.wrap(parallel, "all_rows", "wait: train")
     timers.wrap(run, "_train_once", "train")
+    timers.wrap(run, "train_fn", "train dispatch")
     timers.wrap(run.replay, "sample", "sample")
+    sync = run.pipeline.sync
+    timers.wrap(run.pipeline, "sync", "wait: prefetch")
     t0 = time.perf_counter()
     for _ in range(args.steps):
         run.step()
     total = time.perf_counter() - t0
+    run.pipeline.sync = sync  # the final sync is not part of the steps
     run.pipeline.sync()
-
     ms = {k: v / args.steps * 1e3 for k, v in timers.seconds.items()}
     total_ms = total / args.steps * 1e3
     wait_act = ms["act"] - ms["act dispatch"]
-    host_train = ms["train"] - ms["wait: train"]
+    host_train = (ms["train"] - ms["wait: train"] - ms["train dispatch"]
+                  - ms["wait: prefetch"])
     rows = [
         ("env", ms["env"]),
         ("replay add", ms["replay add"]),
         ("act dispatch", ms["act dispatch"]),
+        ("train dispatch", ms["train dispatch"]),
+        ("wait: prefetch", ms["wait: prefetch"]),
         ("train host", host_train),
         ("other Python", total_ms - ms["env"] - ms["replay add"] - ms["act"] - ms["train"]),
-        ("host total", total_ms - ms["wait: train"] - wait_act),
+        ("host total", total_ms - ms["wait: train"] - wait_act - ms["wait: prefetch"]),
         ("wait: train", ms["wait: train"]),
         ("wait: act", wait_act),
         ("agent step (wall)", total_ms),
