@@ -25,9 +25,10 @@ from bbf_jax.config import AgentConfig, NetworkConfig
 from bbf_jax.networks import BBFNetwork, init_params, make_network
 from bbf_jax.optim import make_optimizer
 from bbf_jax.replay.priorities import importance_weights
+from bbf_jax.replay.sampling import stack_frames
 
-__all__ = ["HParams", "Learner", "TrainBatch", "TrainState", "importance_weights",
-           "make_learner", "to_train_batch"]
+__all__ = ["FrameBatch", "HParams", "Learner", "TrainBatch", "TrainState",
+           "importance_weights", "make_learner", "to_train_batch"]
 
 METRIC_NAMES = ("TotalLoss", "DQNLoss", "TDError", "SPRLoss", "GradNorm", "PNorm")
 
@@ -81,6 +82,43 @@ class TrainBatch(NamedTuple):
     next_state: Any
     same_trajectory: Any
     loss_weight: Any
+
+
+class FrameBatch(NamedTuple):
+    """A :class:`TrainBatch` as the replay sends it: each frame once, stacked on the device.
+
+    ``(T + 2S - 1)`` frames per subsequence travel instead of ``(T + 1) * S``; the
+    :attr:`state` and :attr:`next_state` properties build the stacks with
+    :func:`~bbf_jax.replay.sampling.stack_frames` inside the jitted step, so the learner
+    reads it like a :class:`TrainBatch` and sees the same uint8 values.
+
+    Attributes:
+      frames: ``(..., T + 2S - 1, 84, 84)`` uint8: the T states' frames, then the
+        bootstrap state's S frames.
+      stack_mask: ``(..., T + 1, S)`` bool: channel i of state j (j = T: the bootstrap
+        state) is kept, else zeroed (an earlier episode or life).
+      action, returns, discount, terminal, same_trajectory, loss_weight: as in
+        :class:`TrainBatch`.
+    """
+
+    frames: Any
+    stack_mask: Any
+    action: Any
+    returns: Any
+    discount: Any
+    terminal: Any
+    same_trajectory: Any
+    loss_weight: Any
+
+    @property
+    def state(self):
+        """``(..., T, 84, 84, S)`` uint8 frame stacks of the subsequence."""
+        return stack_frames(self.frames, self.stack_mask, jnp)[0]
+
+    @property
+    def next_state(self):
+        """``(..., 84, 84, S)`` uint8 bootstrap state."""
+        return stack_frames(self.frames, self.stack_mask, jnp)[1]
 
 
 class HParams(NamedTuple):
@@ -222,6 +260,8 @@ class Learner:
     def train_step(self, state: TrainState, batch: TrainBatch, hparams: HParams):
         """One gradient step on a minibatch ``(B, ...)`` (official ``train_one_batch``).
 
+        ``batch`` is a :class:`TrainBatch` or a :class:`FrameBatch` (stacked here).
+
         Key use per step (spec §5.3): ``rng, k_aug, k_aug_next = split(rng, 3)``;
         ``rng, _, carry = split(rng, 3)``; per-example network keys
         ``split(rng, B)`` (shared by the online and target passes); ``carry`` is
@@ -328,28 +368,28 @@ def make_learner(agent: AgentConfig, net: NetworkConfig, num_actions: int) -> Le
     return Learner(network=make_network(net, num_actions), agent=agent, net=net)
 
 
-def to_train_batch(sample, batches_to_group: int, batch_size: int) -> TrainBatch:
-    """Host sample of ``N = G * B`` transitions -> :class:`TrainBatch` ``(G, B, ...)``.
+def to_train_batch(sample, batches_to_group: int, batch_size: int) -> FrameBatch:
+    """Host sample of ``N = G * B`` transitions -> :class:`FrameBatch` ``(G, B, ...)``.
 
     ``sample`` has the fields of ``bbf_jax.replay.ReplaySample``. Importance
     weights are normalised over all N (spec §4.8); minibatch g is rows
     ``g*B .. (g+1)*B - 1`` (the official split).
     """
     n = batches_to_group * batch_size
-    if sample.state.shape[0] != n:
-        raise ValueError(f"sample has {sample.state.shape[0]} rows, expected G*B = {n}")
+    if sample.frames.shape[0] != n:
+        raise ValueError(f"sample has {sample.frames.shape[0]} rows, expected G*B = {n}")
 
     def group(x, dtype=None):
         x = np.asarray(x) if dtype is None else np.asarray(x, dtype=dtype)
         return x.reshape((batches_to_group, batch_size) + x.shape[1:])
 
-    return TrainBatch(
-        state=group(sample.state),
+    return FrameBatch(
+        frames=group(sample.frames),
+        stack_mask=group(sample.stack_mask, np.bool_),
         action=group(sample.action, np.int32),
         returns=group(sample.returns, np.float32),
         discount=group(sample.discount, np.float32),
         terminal=group(sample.terminal, np.float32),
-        next_state=group(sample.next_state),
         same_trajectory=group(sample.same_trajectory, np.float32),
         loss_weight=group(importance_weights(sample.sampling_priority)),
     )

@@ -52,7 +52,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from bbf_jax.learner import Learner, TrainBatch, to_train_batch
+from bbf_jax.learner import FrameBatch, Learner, TrainBatch, to_train_batch
 
 DATA_AXIS = "data"
 SHUTDOWN_TIMEOUT_S = 24 * 3600
@@ -163,14 +163,14 @@ def replicate(tree, mesh: Mesh):
     return jax.tree.map(put, tree)
 
 
-def shard_batch(batch: TrainBatch, mesh: Mesh) -> TrainBatch:
+def shard_batch(batch: TrainBatch | FrameBatch, mesh: Mesh) -> TrainBatch | FrameBatch:
     """Places a ``(G, B_local, ...)`` host batch with its rows split over the mesh.
 
     One process: ``B_local`` is the global minibatch size ``B``. P processes: each
     passes its own ``B / P`` rows; the global array is their concatenation in process
     order. Raises ValueError if the global ``B`` does not divide over the mesh.
     """
-    local_rows = np.shape(batch.state)[1]
+    local_rows = np.shape(batch.action)[1]
     global_rows = local_rows * jax.process_count()
     check_batch_size(global_rows, mesh)
     sharding = batch_sharding(mesh)
@@ -185,7 +185,7 @@ def shard_batch(batch: TrainBatch, mesh: Mesh) -> TrainBatch:
     return jax.tree.map(put, batch)
 
 
-def make_put_fn(mesh: Mesh, batches_to_group: int, batch_size: int) -> Callable[[Any], TrainBatch]:
+def make_put_fn(mesh: Mesh, batches_to_group: int, batch_size: int) -> Callable[[Any], FrameBatch]:
     """``put_fn`` for :class:`~bbf_jax.replay.BatchPipeline`: host sample -> sharded batch.
 
     ``batch_size`` is the global minibatch size B and every process passes the whole
@@ -199,7 +199,7 @@ def make_put_fn(mesh: Mesh, batches_to_group: int, batch_size: int) -> Callable[
     local_batch = batch_size // jax.process_count()
     rows = slice(jax.process_index() * local_batch, (jax.process_index() + 1) * local_batch)
 
-    def put(sample) -> TrainBatch:
+    def put(sample) -> FrameBatch:
         batch = to_train_batch(sample, batches_to_group, batch_size)
         if jax.process_count() > 1:
             batch = jax.tree.map(lambda x: x[:, rows], batch)

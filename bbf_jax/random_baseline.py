@@ -12,7 +12,7 @@ baseline's streams derive from ``numpy.random.SeedSequence([seed, STREAM])``, wh
 entropy differs from every seed a run uses (``bbf_jax.seeds``), so it shares no random
 stream with any run.
 
-Cache: one JSON file per (game, protocol, episodes, seed) in ``cache_dir()``:
+Cache: one JSON file per (game, protocol, episodes, seed) in ``bbf_jax.caches.cache_dir()``:
 ``$BBF_JAX_CACHE_DIR``, else ``$XDG_CACHE_HOME/bbf_jax``, else ``~/.cache/bbf_jax``.
 The file name holds a hash of the key and the file repeats the key; a file whose key
 differs, or that cannot be read, is recomputed and rewritten. Writing is best effort: an
@@ -30,6 +30,7 @@ import pathlib
 import numpy as np
 
 from bbf_jax.atari_games import canonical_game_name
+from bbf_jax.caches import cache_dir
 from bbf_jax.config import EnvConfig
 from bbf_jax.envs import AtariEnv, evaluate
 
@@ -38,15 +39,6 @@ from bbf_jax.envs import AtariEnv, evaluate
 STREAM = 0x72616E64
 BASELINE_SEED = 0  # the baseline every run is compared with
 FORMAT = 1  # bumped when the way the baseline is computed changes
-
-
-def cache_dir() -> pathlib.Path:
-    """Where baselines are cached (see the module docstring)."""
-    if os.environ.get("BBF_JAX_CACHE_DIR"):
-        return pathlib.Path(os.environ["BBF_JAX_CACHE_DIR"])
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = pathlib.Path(xdg) if xdg else pathlib.Path.home() / ".cache"
-    return base / "bbf_jax"
 
 
 def cache_key(game: str, config: EnvConfig, num_episodes: int, seed: int) -> dict:

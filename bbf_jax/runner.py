@@ -98,7 +98,7 @@ class Runner:
         init_state = self.learner.init(cfg.run.seed)
         self.state = parallel.replicate(init_state, self.mesh)
         # The live acting key stays on the host side (acting runs on local devices).
-        self.act_rng = init_state.act_rng
+        self.act_rng = self._like_acting_params(init_state.act_rng)
         self.noop_rng = np.random.default_rng(self.seeds.train_noops)
         self.replay = SubsequenceReplay.from_config(
             cfg.replay, self.derived, n_envs=1, seed=self.seeds.replay
@@ -187,6 +187,12 @@ class Runner:
         params = state.target if self.cfg.agent.target_action_selection else state.online
         return parallel.local_replica(params)
 
+    def _like_acting_params(self, key):
+        """``key`` placed as the acting parameters are, so that ``_select`` sees the
+        shardings of its own output key from the first call on and compiles once per
+        shape."""
+        return jax.device_put(key, jax.tree.leaves(self._acting_params())[0].sharding)
+
     def _act(self, epsilon: float) -> int:
         key, actions = self._select(
             self._acting_params(), self.stack.state, self.act_rng, jnp.float32(epsilon)
@@ -237,7 +243,7 @@ class Runner:
         cfg = self.cfg
         params = self._acting_params()
         seeds = self.seeds.evaluation(self.agent_step)
-        key = seeds.policy_key
+        key = self._like_acting_params(seeds.policy_key)
         eps = jnp.float32(cfg.agent.epsilon_eval)
 
         def policy(states):
@@ -311,14 +317,21 @@ class Runner:
             raise ckpt.CheckpointError(f"checkpoint {step} does not fit this run: {e}") from None
         self.stack.state[...] = host["stack"]
         self.frame = np.asarray(host["frame"])
-        self.act_rng = jnp.asarray(host["act_rng"], jnp.uint32)
+        self.act_rng = self._like_acting_params(jnp.asarray(host["act_rng"], jnp.uint32))
         for k in ("agent_step", "grad_steps", "cycle_step", "next_reset", "num_resets",
                   "episodes"):
             setattr(self, k, int(meta[k]))
         self.noop_rng.bit_generator.state = meta["noop_rng"]
         self._log_acc = {k: list(v) for k, v in meta["log_acc"].items()}
         if meta["pipeline"]:
-            samples = [ReplaySample(**host["pending"][str(j)]) for j in range(len(host["pending"]))]
+            try:
+                samples = [ReplaySample(**host["pending"][str(j)])
+                           for j in range(len(host["pending"]))]
+            except TypeError:
+                raise ckpt.CheckpointError(
+                    f"checkpoint {step} holds prefetched batches of another layout "
+                    f"(fields {sorted(host['pending']['0'])}); this bbf_jax cannot resume it"
+                ) from None
             self._pipeline().restore_pending(samples)
 
     # ------------------------------------------------------------------ run

@@ -8,7 +8,8 @@ which seed it is (``RunConfig.seed`` in gin files is overridden). Re-running wit
 same ``--base_dir`` resumes from its latest checkpoint. Writes ``config.gin`` (the
 operative gin config), ``config.json``, ``train_log.csv``, ``episodes.csv``, TensorBoard
 events under ``tb/``, checkpoints under ``checkpoints/`` and, at the end, ``eval.json``
-(with the verdict, also printed) and ``curves.png``.
+(with the verdict, also printed) and ``curves.png``. Compiled programs are cached on disk
+(``bbf_jax.caches``: ``$BBF_JAX_COMPILATION_CACHE`` moves the cache or turns it off).
 A multi-process job (``--coordinator_address``) shares one ``--base_dir``: all processes
 write the checkpoints, process 0 everything else.
 """
@@ -53,12 +54,13 @@ def main(argv=None) -> int:
     )
     import jax
 
-    from bbf_jax import gin_utils
+    from bbf_jax import caches, gin_utils
     from bbf_jax.atari_games import canonical_game_name
     from bbf_jax.checkpoint import CheckpointError
     from bbf_jax.config import derive
     from bbf_jax.seeds import RunSeeds
 
+    caches.enable_compilation_cache()  # before the first compilation
     bindings = [*args.gin_bindings, f"RunConfig.seed = {args.seed}"]
     primary = jax.process_index() == 0
     base_dir = pathlib.Path(args.base_dir)

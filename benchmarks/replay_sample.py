@@ -1,9 +1,10 @@
-"""Replay sampling latency (spec §4): 100,000 transitions, groups of 64 subsequences.
+"""Replay sampling latency (spec §4): 100,000 transitions, groups of 64 and 256 subsequences.
 
 Fills a prioritized SubsequenceReplay (capacity 200,000, one env, T = 6, stacks of 4,
 max horizon 10, BBF's settings) through ``add`` with synthetic frames, life losses and
-episode ends, then times ``sample(64, n=3, gamma=0.997)``: the work the prefetch thread
-does once per train call. Prints the timings; the last line is ``replay_sample_ms: <median>``.
+episode ends, then times ``sample(group, n=3, gamma=0.997)`` for groups of 64 (RR2) and
+256 (RR8): the work the prefetch thread does once per train call. Prints the timings;
+the last lines are ``replay_sample_ms[<group>]: <median>``.
 
   python benchmarks/replay_sample.py [--repeats 300] [--csv benchmarks/results/replay_sample.csv]
 """
@@ -25,7 +26,7 @@ from machine import commit, cpu_name
 from bbf_jax.replay import SubsequenceReplay
 
 SETTINGS = dict(capacity=200_000, n_envs=1, seq_len=6, max_horizon=10, stack_size=4)
-FILL, GROUP, N_STEP, GAMMA = 100_000, 64, 3, 0.997
+FILL, GROUPS, N_STEP, GAMMA = 100_000, (64, 256), 3, 0.997
 
 
 def fill(rb: SubsequenceReplay, count: int, seed: int = 0) -> None:
@@ -55,12 +56,22 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     fill(rb, FILL)
     fill_s = time.perf_counter() - t0
+    print(f"fill of {FILL} transitions: {fill_s:.1f} s ({fill_s / FILL * 1e6:.0f} us/add)")
+    medians = {}
+    for group in GROUPS:
+        medians[group] = time_group(rb, group, args.repeats, args.csv)
+    for group, median in medians.items():
+        print(f"replay_sample_ms[{group}]: {median:.3f}")
+
+
+def time_group(rb: SubsequenceReplay, group: int, repeats: int, csv_path) -> float:
+    """Times ``repeats`` samples of ``group``; prints them, appends a CSV row; the median."""
     for _ in range(10):  # warm-up: page in the frames, allocator steady state
-        rb.sample(GROUP, N_STEP, GAMMA)
+        rb.sample(group, N_STEP, GAMMA)
     times, cpu_times = [], []
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         t0, c0 = time.perf_counter(), time.thread_time()
-        rb.sample(GROUP, N_STEP, GAMMA)
+        rb.sample(group, N_STEP, GAMMA)
         cpu_times.append(time.thread_time() - c0)
         times.append(time.perf_counter() - t0)
     ms = np.array(times) * 1e3
@@ -68,12 +79,11 @@ def main(argv=None) -> None:
     # CPU time of this thread: what the sampling costs when other processes compete.
     cpu_median = float(np.median(cpu_times) * 1e3)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"fill of {FILL} transitions: {fill_s:.1f} s ({fill_s / FILL * 1e6:.0f} us/add)")
-    print(f"sample({GROUP}, n={N_STEP}) over {args.repeats} repeats: median {median:.3f} ms, "
+    print(f"sample({group}, n={N_STEP}) over {repeats} repeats: median {median:.3f} ms, "
           f"p90 {p90:.3f} ms, min {ms.min():.3f} ms; thread CPU time median "
           f"{cpu_median:.3f} ms; load average {load:.2f} on {os.cpu_count()} CPUs")
-    if args.csv:
-        path = pathlib.Path(args.csv)
+    if csv_path:
+        path = pathlib.Path(csv_path)
         new = not path.exists()
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", newline="") as f:
@@ -81,15 +91,15 @@ def main(argv=None) -> None:
             if new:
                 writer.writerow(["date", "commit", "cpu", "python", "numpy", "median_ms",
                                  "p90_ms", "settings"])
-            settings = (f"fill={FILL} group={GROUP} T={SETTINGS['seq_len']} "
+            settings = (f"fill={FILL} group={group} T={SETTINGS['seq_len']} "
                         f"stack={SETTINGS['stack_size']} n={N_STEP} "
-                        f"capacity={SETTINGS['capacity']} prioritized repeats={args.repeats} "
-                        f"cpu_median_ms={cpu_median:.3f} load1={load:.2f}")
+                        f"capacity={SETTINGS['capacity']} prioritized repeats={repeats} "
+                        f"cpu_median_ms={cpu_median:.3f} load1={load:.2f} "
+                        f"cpus={os.cpu_count()}")
             writer.writerow([datetime.date.today().isoformat(), commit(), cpu_name(),
                              platform.python_version(), np.__version__, f"{median:.3f}",
                              f"{p90:.3f}", settings])
-    print(f"replay_sample_ms: {median:.3f}")
-
+    return median
 
 if __name__ == "__main__":
     sys.exit(main())

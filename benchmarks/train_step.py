@@ -104,12 +104,12 @@ def random_sample(n: int, seq_len: int, seed: int = SEED):
 
     rng = np.random.default_rng(seed)
     return ReplaySample(
-        state=rng.integers(0, 256, (n, seq_len, 84, 84, 4), dtype=np.uint8),
+        frames=rng.integers(0, 256, (n, seq_len + 7, 84, 84), dtype=np.uint8),
+        stack_mask=np.ones((n, seq_len + 1, 4), bool),
         action=rng.integers(0, NUM_ACTIONS, (n, seq_len)).astype(np.int32),
         returns=rng.normal(size=n).astype(np.float32),
         discount=np.full(n, 0.997**3, np.float32),
         terminal=(rng.random(n) < 0.05).astype(np.float32),
-        next_state=rng.integers(0, 256, (n, 84, 84, 4), dtype=np.uint8),
         same_trajectory=np.ones((n, seq_len), np.float32),
         sampling_priority=rng.uniform(0.5, 2.0, n).astype(np.float32),
         indices=np.arange(n),

@@ -11,7 +11,14 @@ import optax
 import pytest
 
 from bbf_jax.config import AgentConfig, NetworkConfig
-from bbf_jax.learner import HParams, TrainBatch, importance_weights, make_learner, to_train_batch
+from bbf_jax.learner import (
+    FrameBatch,
+    HParams,
+    TrainBatch,
+    importance_weights,
+    make_learner,
+    to_train_batch,
+)
 from bbf_jax.optim import make_optimizer
 
 pytestmark = pytest.mark.usefixtures("parity")
@@ -231,26 +238,30 @@ def test_importance_weights_hand_values():
 
 Sample = collections.namedtuple(
     "Sample",
-    "state action returns discount terminal next_state same_trajectory sampling_priority",
+    "frames stack_mask action returns discount terminal same_trajectory sampling_priority",
 )
 
 
 def test_to_train_batch_layout_and_group_normalisation():
-    n, t = G * B, 3
+    n, t, s = G * B, 3, 2
     rows = np.arange(n)
     sample = Sample(
-        state=np.broadcast_to(rows[:, None, None, None, None], (n, t, 2, 2, 1)).astype(np.uint8),
+        frames=np.broadcast_to(rows[:, None, None, None], (n, t + 2 * s - 1, 2, 2)).astype(
+            np.uint8),
+        stack_mask=np.ones((n, t + 1, s), bool),
         action=np.broadcast_to(rows[:, None], (n, t)).astype(np.int64),
         returns=rows.astype(np.float64),
         discount=np.full(n, 0.9),
         terminal=(rows % 2).astype(bool),
-        next_state=np.broadcast_to(rows[:, None, None, None], (n, 2, 2, 1)).astype(np.uint8),
         same_trajectory=np.ones((n, t), np.uint8),
         # All of minibatch 0 has high priority: its weights are < 1 after group normalisation.
         sampling_priority=np.array([4.0] * B + [1.0] * B, np.float32),
     )
     batch = to_train_batch(sample, G, B)
-    assert batch.state.shape == (G, B, t, 2, 2, 1) and batch.next_state.shape == (G, B, 2, 2, 1)
+    assert isinstance(batch, FrameBatch)
+    assert batch.frames.shape == (G, B, t + 2 * s - 1, 2, 2)
+    assert batch.stack_mask.shape == (G, B, t + 1, s)
+    assert batch.state.shape == (G, B, t, 2, 2, s) and batch.next_state.shape == (G, B, 2, 2, s)
     for g in range(G):
         np.testing.assert_array_equal(batch.returns[g], rows[g * B:(g + 1) * B])
         np.testing.assert_array_equal(batch.state[g, :, 0, 0, 0, 0], rows[g * B:(g + 1) * B])
@@ -261,6 +272,37 @@ def test_to_train_batch_layout_and_group_normalisation():
     np.testing.assert_allclose(batch.loss_weight[1], 1.0, rtol=1e-6)
     with pytest.raises(ValueError, match="expected G\\*B"):
         to_train_batch(sample, G, B + 1)
+
+
+def test_frame_batch_stacks_on_the_device_and_trains_like_stacked_states(f32):
+    """The replay's lean batch (frames once, censoring as a mask) gives the stacks of the
+    host reference and, stacked inside the jitted step, the same update bit for bit."""
+    from bbf_jax.replay import sampling
+
+    learner, state, step = f32
+    rng = np.random.default_rng(11)
+    t, s = AGENT.jumps + 1, 4
+    frames = rng.integers(0, 256, (B, t + 2 * s - 1, 84, 84), dtype=np.uint8)
+    mask = np.ones((B, t + 1, s), bool)
+    mask[0, :2, :3] = False  # a life lost before the start: its frames are censored
+    mask[1, t, :1] = False  # a bootstrap state reaching into an earlier episode
+    stacked = _minibatch(_batches(5), 0)
+    lean = FrameBatch(frames, mask, *(getattr(stacked, k) for k in FrameBatch._fields[2:]))
+    states, next_states = sampling.stack_frames(frames, mask)
+    for k, j, i in np.ndindex(B, t, s):
+        want = frames[k, j + i] if mask[k, j, i] else 0
+        np.testing.assert_array_equal(states[k, j, ..., i], want)
+    for k, i in np.ndindex(B, s):
+        want = frames[k, t + s - 1 + i] if mask[k, t, i] else 0
+        np.testing.assert_array_equal(next_states[k, ..., i], want)
+    on_device = jax.jit(lambda b: (b.state, b.next_state))(lean)
+    np.testing.assert_array_equal(on_device[0], states)
+    np.testing.assert_array_equal(on_device[1], next_states)
+    want_state, want_metrics = step(
+        state, stacked._replace(state=states, next_state=next_states), _hparams())
+    got_state, got_metrics = step(state, lean, _hparams())
+    _assert_trees_equal(got_state, want_state)
+    _assert_trees_equal(got_metrics, want_metrics)
 
 
 # ------------------------------------------------------------------------ half precision

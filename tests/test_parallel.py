@@ -55,12 +55,12 @@ def _samples(seq_len: int):
         priority = rng.uniform(0.6, 2.0, n).astype(np.float32)
         out.append(
             ReplaySample(
-                state=rng.integers(0, 256, (n, seq_len, 84, 84, 4), dtype=np.uint8),
+                frames=rng.integers(0, 256, (n, seq_len + 7, 84, 84), dtype=np.uint8),
+                stack_mask=rng.random((n, seq_len + 1, 4)) < 0.9,
                 action=rng.integers(0, NUM_ACTIONS, (n, seq_len)).astype(np.int32),
                 returns=rng.normal(size=n).astype(np.float32),
                 discount=np.full(n, 0.97**3, np.float32),
                 terminal=(rng.random(n) < 0.2).astype(np.float32),
-                next_state=rng.integers(0, 256, (n, 84, 84, 4), dtype=np.uint8),
                 same_trajectory=(rng.random((n, seq_len)) < 0.9).astype(np.float32),
                 sampling_priority=priority,
                 indices=np.arange(n),

@@ -155,17 +155,18 @@ def test_pending_round_trip_restores_the_same_batches():
 
 def test_pipeline_feeds_device_batches_through_make_put_fn():
     from bbf_jax import parallel
-    from bbf_jax.learner import TrainBatch, to_train_batch
+    from bbf_jax.learner import FrameBatch, to_train_batch
 
     rb = _buffer()
     mesh = parallel.make_mesh(1)
     put = parallel.make_put_fn(mesh, batches_to_group=2, batch_size=N // 2)
     with BatchPipeline(lambda n, g: rb.sample(N, n, g), put, "corrected") as pipe:
         batch = pipe.get(2, 0.9)
-    assert isinstance(batch, TrainBatch) and isinstance(batch.state, jax.Array)
-    assert batch.state.shape[:2] == (2, N // 2)
+    assert isinstance(batch, FrameBatch) and isinstance(batch.frames, jax.Array)
+    # Each frame once: T + 2S - 1 = 9 frames per subsequence (T = 2, stacks of 4).
+    assert batch.frames.shape == (2, N // 2, 9, 2, 2)
     host = to_train_batch(rb.sample(N, 2, 0.9), 2, N // 2)
-    assert host.state.shape == batch.state.shape
+    assert host.frames.shape == batch.frames.shape
 
 
 def test_make_put_fn_shards_minibatch_rows_over_several_devices():
@@ -180,9 +181,9 @@ def test_make_put_fn_shards_minibatch_rows_over_several_devices():
         "s = rb.sample(8, 2, 0.9)\n"
         "mesh = parallel.make_mesh(2)\n"
         "b = parallel.make_put_fn(mesh, 2, 4)(s)\n"
-        "assert len(b.state.sharding.device_set) == 2\n"
-        "assert b.state.addressable_shards[0].data.shape[:2] == (2, 2)\n"
-        "assert (np.asarray(b.state) == to_train_batch(s, 2, 4).state).all()\n"
+        "assert len(b.frames.sharding.device_set) == 2\n"
+        "assert b.frames.addressable_shards[0].data.shape[:2] == (2, 2)\n"
+        "assert (np.asarray(b.frames) == to_train_batch(s, 2, 4).frames).all()\n"
         "try:\n"
         "    parallel.make_put_fn(mesh, 1, 3)\n"
         "except ValueError as e:\n"

@@ -300,14 +300,15 @@ def test_save_restore_round_trip_gives_identical_samples(tmp_path):
         _buffer(capacity=32, prioritized=False).load_state_dict(state)
 
 
-def test_full_size_frames_stack_in_chunks_like_a_per_sample_reference():
-    """84x84 frames: stacking runs in cache-sized chunks; compare with plain indexing."""
+def test_full_size_frames_stack_like_a_per_sample_reference():
+    """84x84 frames gathered once and stacked: compare with plain indexing."""
     rb = SubsequenceReplay(300, 1, seq_len=6, max_horizon=10, seed=4)
     rng = np.random.default_rng(2)
     for i in range(280):
         rb.add(rng.integers(0, 256, (1, 84, 84), dtype=np.uint8), [i % 3], [0.0],
                [i % 37 == 0], [False])
     s = rb.sample(64, 10, 0.99)
+    state, next_state = s.state, s.next_state
     obs, term = rb.storage.observation[:, 0], rb.storage.terminal[:, 0]
     for k, t in enumerate(s.indices):
         prev = [r for r in range(t - 3, t) if r >= 0 and term[r]]
@@ -316,9 +317,9 @@ def test_full_size_frames_stack_in_chunks_like_a_per_sample_reference():
             for i in range(4):
                 row = t + j - 3 + i
                 want = obs[row] if row >= ep_start else 0
-                np.testing.assert_array_equal(s.state[k, j, :, :, i], want)
+                np.testing.assert_array_equal(state[k, j, :, :, i], want)
         # official n = 10: the bootstrap stack ends at row t + 9 (beyond the subsequence)
         for i in range(4):
             row = t + 6 + i
             want = obs[row] if row >= ep_start else 0
-            np.testing.assert_array_equal(s.next_state[k, :, :, i], want)
+            np.testing.assert_array_equal(next_state[k, :, :, i], want)

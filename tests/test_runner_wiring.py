@@ -133,6 +133,8 @@ class Recorder:
     def __init__(self, run):
         self.run = run
         self.events, self.acts, self.samples, self.trains, self.priorities = [], [], [], [], []
+        # The jitted functions themselves, to count their compilations.
+        self.jitted = {name: getattr(run, name) for name in ("_select", "_reset", "train_fn")}
         self._wrap(run, "_select", self._on_select)
         self._wrap(run, "_reset", lambda args, out: self.events.append((run.agent_step, "reset")))
         self._wrap(run, "train_fn", self._on_train)
@@ -377,6 +379,14 @@ def test_truncation_ends_the_episode_without_a_terminal(recorded_run):
     assert sampling.valid_starts(run.replay.storage, after, np.zeros_like(after),
                                  max_horizon=h, seq_len=run.derived.seq_len,
                                  stack_size=cfg.replay.stack_size).all()
+
+
+def test_each_jitted_function_compiles_once(recorded_run):
+    """One input shape each (the evaluation's one env pads to the training batch of 1):
+    neither the first act's fresh key, nor resets, nor the evaluation's key recompile."""
+    _, _, recorder, _, _ = recorded_run
+    sizes = {name: fn._cache_size() for name, fn in recorder.jitted.items()}
+    assert sizes == {"_select": 1, "_reset": 1, "train_fn": 1}
 
 
 def test_final_evaluation_acts_with_eps_eval(recorded_run):

@@ -30,27 +30,43 @@ MAX_SAMPLE_ATTEMPTS = 1000
 class ReplaySample(NamedTuple):
     """One sampled group of N = batch_size * batches_to_group subsequences (spec §4.7).
 
+    Frames travel once each (T + 2S - 1 per subsequence instead of (T + 1) * S): the
+    stacks are built where they are used, on the device in the train step or by the
+    :attr:`state` / :attr:`next_state` properties.
+
     Attributes:
-      state: (N, T, H, W, S) uint8 states ``S_t .. S_{t+T-1}`` (oldest frame in channel 0).
+      frames: (N, T + 2S - 1, H, W) uint8: ``o_{t-S+1} .. o_{t+T-1}``, then the S frames
+        of the bootstrap state (:func:`~bbf_jax.replay.sampling.gather_frames`).
+      stack_mask: (N, T + 1, S) bool: channel i of state j (j = T: the bootstrap state)
+        is kept; False where the frame is from an earlier episode or life (spec §4.4).
       action: (N, T) int32 actions ``a_t .. a_{t+T-1}``.
       returns: (N,) float32 n-step return of position 0.
       discount: (N,) float32 ``gamma**n`` (also for terminal samples).
       terminal: (N,) float32 0/1, an episode/life ended inside the n-step window.
-      next_state: (N, H, W, S) uint8 bootstrap state of position 0.
       same_trajectory: (N, T) float32 SPR mask (spec §4.6).
       sampling_priority: (N,) float32 raw leaf priorities (1.0 for uniform sampling).
       indices: (N,) int64 raveled start indices ``t * n_envs + b``.
     """
 
-    state: np.ndarray
+    frames: np.ndarray
+    stack_mask: np.ndarray
     action: np.ndarray
     returns: np.ndarray
     discount: np.ndarray
     terminal: np.ndarray
-    next_state: np.ndarray
     same_trajectory: np.ndarray
     sampling_priority: np.ndarray
     indices: np.ndarray
+
+    @property
+    def state(self) -> np.ndarray:
+        """(N, T, H, W, S) uint8 states ``S_t .. S_{t+T-1}`` (oldest frame in channel 0)."""
+        return sampling.stack_frames(self.frames, self.stack_mask)[0]
+
+    @property
+    def next_state(self) -> np.ndarray:
+        """(N, H, W, S) uint8 bootstrap state of position 0."""
+        return sampling.stack_frames(self.frames, self.stack_mask)[1]
 
 
 class SubsequenceReplay:
@@ -192,16 +208,9 @@ class SubsequenceReplay:
             )
         t, b = self._draw_indices(num)
         ep_start = sampling.episode_starts(self.storage, t, b, self.stack_size)
-        state = sampling.stack_states(self.storage, t, b, ep_start, self.seq_len, self.stack_size)
         returns, discount, terminal, next_rows = sampling.nstep_targets(
             self.storage, t, b, n, gamma, self.nstep_bootstrap
         )
-        offset = n - 1 if self.nstep_bootstrap == "official" else n
-        if offset < self.seq_len:
-            # The bootstrap state is one of the subsequence's states (same rows, same mask).
-            next_state = state[:, offset].copy()
-        else:
-            next_state = sampling.stack_at(self.storage, next_rows, b, ep_start, self.stack_size)
         rows = (t[:, None] + np.arange(self.seq_len)) % self.storage.length
         indices = t * self.n_envs + b
         if self.prioritized:
@@ -209,12 +218,16 @@ class SubsequenceReplay:
         else:
             priority = np.ones(num, np.float32)
         return ReplaySample(
-            state=state,
+            frames=sampling.gather_frames(
+                self.storage, t, b, next_rows, self.seq_len, self.stack_size
+            ),
+            stack_mask=sampling.stack_mask(
+                self.storage, t, next_rows, ep_start, self.seq_len, self.stack_size
+            ),
             action=self.storage.action[rows, b[:, None]],
             returns=returns,
             discount=discount,
             terminal=terminal,
-            next_state=next_state,
             same_trajectory=sampling.same_trajectory(
                 self.storage, t, b, self.seq_len, self.same_trajectory_mask
             ),

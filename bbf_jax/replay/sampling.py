@@ -62,77 +62,65 @@ def episode_starts(storage: CircularStorage, t, b, stack_size: int) -> np.ndarra
     return np.where(d.any(axis=1), t - stack_size + first + 2, 0).astype(np.int64)
 
 
-# Samples are stacked in chunks of about this many bytes of input frames, so that the
-# frames, the uint16 pairs and the output words of a chunk stay in the L2 cache.
-_CHUNK_BYTES = 1 << 19
+def gather_frames(storage: CircularStorage, t, b, next_rows, seq_len: int,
+                  stack_size: int) -> np.ndarray:
+    """(N, T + 2S - 1, *frame_shape) uint8: each sample's frames, each once.
 
-
-def _interleave(frames: np.ndarray, out: np.ndarray) -> None:
-    """Sliding stacks: ``out[n, j, p, i] = frames[n, j + i, p]`` (channel 0 oldest).
-
-    Args:
-      frames: (n, W + S - 1, P) uint8.
-      out: (n, W, P, S) uint8, written.
-
-    For stacks of 4 the channels of one pixel are assembled as one little-endian uint32
-    (frame pairs first), several times faster than four byte-strided copies.
-    """
-    n, windows, p, stack_size = out.shape
-    if stack_size == 4:
-        pairs = frames[:, 1:].astype("<u2")
-        pairs <<= 8
-        pairs |= frames[:, :-1]  # pairs[:, f] = frame f | frame f+1 << 8
-        words = out.view("<u4").reshape(n, windows, p)
-        np.copyto(words, pairs[:, 2 : 2 + windows])
-        words <<= 16
-        words |= pairs[:, :windows]
-    else:
-        for i in range(stack_size):
-            out[..., i] = frames[:, i : i + windows]
-
-
-def _censor(stacks: np.ndarray, last_rows: np.ndarray, ep_start: np.ndarray) -> None:
-    """Zeroes channel i of stack (n, j) when its unwrapped row is below ``ep_start[n]``.
-
-    Args:
-      stacks: (N, W, *frame_shape, S) uint8, modified in place.
-      last_rows: (N, W) wrapped row of each stack's newest frame.
-      ep_start: (N,) first uncensored unwrapped row.
-    """
-    stack_size = stacks.shape[-1]
-    rows = last_rows[:, :, None] - (stack_size - 1) + np.arange(stack_size)
-    n, j, i = np.nonzero(rows < ep_start[:, None, None])
-    if n.size:
-        stacks[n, j, ..., i] = 0
-
-
-def stack_states(
-    storage: CircularStorage, t, b, ep_start, seq_len: int, stack_size: int
-) -> np.ndarray:
-    """(N, seq_len, *frame_shape, stack_size) uint8 states ``S_{t+j}``, censored (§4.4).
-
-    Channel i of state j is frame ``o_{s - stack_size + 1 + i}`` with ``s = (t + j) mod L``.
+    Frames ``0 .. T + S - 2`` are ``o_{t-S+1} .. o_{t+T-1}`` (the T states ``S_{t+j}``),
+    the last S are the frames of the bootstrap state ending at wrapped ``next_rows``
+    (rows modulo ``L``). :func:`stack_frames` builds the stacks from them.
     """
     length = storage.length
-    rows = (t[:, None] - (stack_size - 1) + np.arange(seq_len + stack_size - 1)) % length
-    bb = b[:, None]
-    pixels = int(np.prod(storage.frame_shape))
-    n = t.shape[0]
-    stacks = np.empty((n, seq_len, pixels, stack_size), np.uint8)
-    chunk = max(1, _CHUNK_BYTES // (rows.shape[1] * pixels))
-    for lo in range(0, n, chunk):
-        hi = min(lo + chunk, n)
-        frames = storage.observation[rows[lo:hi], bb[lo:hi]].reshape(hi - lo, -1, pixels)
-        _interleave(frames, stacks[lo:hi])
-    stacks = stacks.reshape(n, seq_len, *storage.frame_shape, stack_size)
-    last_rows = (t[:, None] + np.arange(seq_len)) % length
-    _censor(stacks, last_rows, ep_start)
-    return stacks
+    rows = np.concatenate(
+        [t[:, None] - (stack_size - 1) + np.arange(seq_len + stack_size - 1),
+         next_rows[:, None] - (stack_size - 1) + np.arange(stack_size)],
+        axis=1,
+    ) % length
+    flat = storage.observation.reshape(length * storage.n_envs, *storage.frame_shape)
+    return np.take(flat, rows * storage.n_envs + b[:, None], axis=0)
 
 
-def stack_at(storage: CircularStorage, rows, b, ep_start, stack_size: int) -> np.ndarray:
-    """(N, *frame_shape, stack_size) uint8 single states ending at wrapped ``rows``."""
-    return stack_states(storage, rows, b, ep_start, 1, stack_size)[:, 0]
+def stack_mask(storage: CircularStorage, t, next_rows, ep_start, seq_len: int,
+               stack_size: int) -> np.ndarray:
+    """(N, T + 1, S) bool: is channel i of state j kept (else zeroed, spec §4.4)?
+
+    States ``j < T`` are ``S_{t+j}``, state ``T`` the bootstrap state. Channel i of the
+    state whose newest frame is at wrapped row ``s`` holds the frame of unwrapped row
+    ``s - S + 1 + i`` relative to ``s``; it is zeroed when that row is below
+    ``ep_start``, as the official code compares them (spec §4.4 (c)).
+    """
+    last_rows = np.concatenate(
+        [(t[:, None] + np.arange(seq_len)) % storage.length, next_rows[:, None]], axis=1
+    )
+    rows = last_rows[:, :, None] - (stack_size - 1) + np.arange(stack_size)
+    return rows >= ep_start[:, None, None]
+
+
+def stack_frames(frames, mask, xp=np):
+    """Frame stacks of :func:`gather_frames` output, censored by :func:`stack_mask`'s.
+
+    Args:
+      frames: (..., T + 2S - 1, *frame_shape) uint8.
+      mask: (..., T + 1, S) bool (same leading axes).
+      xp: the array module, ``numpy`` or ``jax.numpy`` (on the device, in the train step).
+
+    Returns:
+      states (..., T, *frame_shape, S) with channel i of state j = frame ``j + i``, and
+      next_states (..., *frame_shape, S) with channel i = frame ``T + S - 1 + i``; channel
+      0 is the oldest frame, censored channels are 0.
+    """
+    seq_len, stack_size = mask.shape[-2] - 1, mask.shape[-1]
+    lead = (slice(None),) * (mask.ndim - 2)
+    states = xp.stack([frames[lead + (slice(i, i + seq_len),)] for i in range(stack_size)],
+                      axis=-1)
+    first_next = seq_len + stack_size - 1
+    next_states = xp.stack([frames[lead + (first_next + i,)] for i in range(stack_size)],
+                           axis=-1)
+    extra = (None,) * (frames.ndim - mask.ndim + 1)  # the frame axes
+    keep = mask[lead + (slice(None),) + extra + (slice(None),)]
+    zero = xp.zeros((), frames.dtype)
+    return (xp.where(keep[lead + (slice(0, seq_len),)], states, zero),
+            xp.where(keep[lead + (seq_len,)], next_states, zero))
 
 
 def discount_powers(gamma: float, n: int) -> np.ndarray:

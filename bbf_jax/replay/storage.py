@@ -2,8 +2,8 @@
 
 Row ``t`` of env ``b`` holds ``(o_t, a_t, r_t, d_t)``: ``o_t`` the newest frame of the
 state in which ``a_t`` was chosen, ``r_t`` the clipped reward of that step and ``d_t`` = 1
-if the step ended the episode or lost a life. Frame stacks are rebuilt at sample time, so
-200,000 transitions of 84x84 frames take 1.41 GB.
+if the step ended the episode or lost a life. Frame stacks are built where they are used
+(on the device in the train step), so 200,000 transitions of 84x84 frames take 1.41 GB.
 
 ``ended[t, b]`` records ``terminal or episode_end`` of the row currently stored there; it
 is the array form of the official ``episode_end_indices`` set (an entry is dropped when
