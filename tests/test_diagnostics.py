@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -227,3 +230,15 @@ def test_curves_group_diagnostics_and_mark_resets(tmp_path, capsys):
     assert png.read_bytes().startswith(PNG_MAGIC)
     assert cli.main(["--panels", "SRank"]) == 2
     assert "--panels needs --curves" in capsys.readouterr().err
+
+
+def test_train_step_benchmark_times_a_diagnostics_point(tiny, monkeypatch):
+    """benchmarks/train_step.py --diagnostics: one point timed on a real train state."""
+    learner, _, _, _, _ = tiny
+    script = pathlib.Path(__file__).parents[1] / "benchmarks" / "train_step.py"
+    monkeypatch.syspath_prepend(str(script.parent))  # its helpers, as when run as a script
+    spec = importlib.util.spec_from_file_location("train_step_benchmark", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    timing = bench.measure_diagnostics(learner, learner.init(0), group=2, repeats=2)
+    assert timing["diag_ms"] > 0 and timing["diag_compile_s"] > 0

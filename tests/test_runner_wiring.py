@@ -18,6 +18,7 @@ import jax
 import numpy as np
 import pytest
 
+from bbf_jax import checkpoint as ckpt
 from bbf_jax import runner as runner_module
 from bbf_jax.atari_games import canonical_game_name
 from bbf_jax.config import (
@@ -29,6 +30,7 @@ from bbf_jax.config import (
     ResetConfig,
     RunConfig,
 )
+from bbf_jax.diagnostics import Diagnostics
 from bbf_jax.envs import evaluation
 from bbf_jax.envs.atari import SCREEN_SIZE, StepResult
 from bbf_jax.replay import sampling
@@ -454,3 +456,14 @@ def test_diagnostics_are_logged_at_their_dispatches(recorded_run):
         assert float(row["Dormant0/total"]) <= float(row["Dormant0.025/total"])
         assert 1 <= float(row["SRank/projection"]) <= 32  # hidden_dim
         previous = q
+    # The run's final checkpoint keeps the held-out batch and the last point's Q-values.
+    checkpointer = ckpt.RunCheckpointer(run.base_dir)
+    try:
+        _, host, meta = checkpointer.restore(STEPS, jax.device_get(run.state))
+    finally:
+        checkpointer.close()
+    restored = Diagnostics(network, DIAG_EVERY, G, run.seeds.diagnostics)
+    restored.load_state_dict(host["diagnostics"])
+    for k, v in run.diagnostics.state_dict().items():
+        np.testing.assert_array_equal(restored.state_dict()[k], v, err_msg=k)
+    assert meta["diagnostics_after_reset"] is False
