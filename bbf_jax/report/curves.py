@@ -201,12 +201,16 @@ def reset_steps(train: dict[str, np.ndarray] | None) -> np.ndarray:
     return x[1:][np.diff(n) > 0]
 
 
-def _plot_metric(ax, train, title: str, columns: list[str]) -> None:
+def _plot_metric(ax, train, columns: list[str]) -> None:
     for c in columns:
         label = c.split("/", 1)[1] if "/" in c else None
-        ax.plot(*_series(train, c), ".-" if label else "-", markersize=3, label=label)
-    if len(columns) > 1:
-        ax.legend(fontsize="x-small", ncol=1 + len(columns) // 8)
+        bold = label == "total"
+        ax.plot(*_series(train, c), ".-" if label else "-", markersize=3, label=label,
+                linewidth=2.5 if bold else 1.0, color="black" if bold else None)
+    if len(columns) > 6:  # e.g. one line per layer: the legend goes beside the panel
+        ax.legend(fontsize="xx-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    elif len(columns) > 1:
+        ax.legend(fontsize="x-small")
 
 
 def plot_run_curves(run_dir: pathlib.Path, out_path: pathlib.Path,
@@ -246,7 +250,7 @@ def plot_run_curves(run_dir: pathlib.Path, out_path: pathlib.Path,
         if name == RETURN:
             _plot_returns(ax, episodes, evals)
         else:
-            _plot_metric(ax, train, name, metrics[name])
+            _plot_metric(ax, train, metrics[name])
         for r in resets:
             ax.axvline(r, color="gray", linestyle=":", linewidth=1)
         ax.set_title(name)
