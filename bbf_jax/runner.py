@@ -35,6 +35,7 @@ from bbf_jax import metrics_io, parallel, resets, schedules
 from bbf_jax.acting import select_actions
 from bbf_jax.atari_games import human_normalized_score
 from bbf_jax.config import ExperimentConfig, derive
+from bbf_jax.diagnostics import Diagnostics
 from bbf_jax.envs import AtariEnv, FrameStack, clip_reward, evaluate
 from bbf_jax.learner import HParams, make_learner
 from bbf_jax.replay import BatchPipeline, ReplaySample, SubsequenceReplay, priorities_to_set
@@ -49,7 +50,7 @@ def fingerprint(cfg: ExperimentConfig) -> dict:
     """What a resumed run must share with its checkpoint (budgets and intervals may change)."""
     run = dataclasses.asdict(cfg.run)
     for k in ("num_train_steps", "num_eval_episodes", "eval_every", "log_every",
-              "checkpoint_every"):
+              "checkpoint_every", "diagnostics_every"):
         run.pop(k)
     fp = {name: dataclasses.asdict(getattr(cfg, name))
           for name in ("network", "agent", "reset", "replay", "env")}
@@ -124,6 +125,13 @@ class Runner:
         self.episodes = 0
         self.frame = None  # newest raw frame of the current state (o_t)
         self._log_acc: dict[str, list] = {}
+        # Plasticity diagnostics: computed on every process (identical checkpoints),
+        # logged by process 0.
+        every = cfg.run.diagnostics_every
+        self.diagnostics = Diagnostics(
+            self.learner.network, every, self.derived.batches_to_group, self.seeds.diagnostics
+        ) if every else None
+        self._diag_row: dict[str, float] = {}
 
     # --------------------------------------------------------------- setup
     def describe(self) -> str:
@@ -163,6 +171,10 @@ class Runner:
     def _train_once(self) -> None:
         pipeline = self._pipeline()
         batch, indices = pipeline.get(*self._schedule())
+        diag = self.diagnostics
+        before = None
+        if diag is not None and diag.due(self.grad_steps):
+            before = diag.snapshot(parallel.local_replica(self.state.online))
         self.state, metrics = self.train_fn(self.state, batch, self.hparams)
         g = self.derived.batches_to_group
         self.grad_steps += g
@@ -181,6 +193,9 @@ class Runner:
             self.replay.update_priorities(idx, prios)
         for k in SCALAR_METRICS:
             self._log_acc.setdefault(k, []).append(float(np.mean(metrics[k])))
+        if before is not None:
+            local = parallel.local_replica(self.state)
+            self._diag_row = diag.run(local.online, local.target, before, self.replay)
 
     def _acting_params(self):
         state = self.state
@@ -217,6 +232,8 @@ class Runner:
                 self.state = self._reset(self.state)
                 self.cycle_step = 0
                 self.num_resets += 1
+                if self.diagnostics is not None:
+                    self.diagnostics.after_reset = True
         action = self._act(schedules.epsilon_at(i + 1, a))
         result = self.env.step(action)
         self.replay.add(
@@ -288,6 +305,8 @@ class Runner:
             "frame": self.frame,
             "act_rng": np.asarray(self.act_rng),
         }
+        if self.diagnostics is not None and self.diagnostics.state_dict():
+            host["diagnostics"] = self.diagnostics.state_dict()
         meta = {
             "fingerprint": fingerprint(self.cfg),
             "agent_step": self.agent_step,
@@ -299,6 +318,7 @@ class Runner:
             "pipeline": self.pipeline is not None,
             "noop_rng": self.noop_rng.bit_generator.state,
             "log_acc": self._log_acc,
+            "diagnostics_after_reset": bool(self.diagnostics and self.diagnostics.after_reset),
         }
         checkpointer.save(
             self.agent_step, jax.device_get(parallel.local_replica(self.state)), host, meta
@@ -323,6 +343,9 @@ class Runner:
             setattr(self, k, int(meta[k]))
         self.noop_rng.bit_generator.state = meta["noop_rng"]
         self._log_acc = {k: list(v) for k, v in meta["log_acc"].items()}
+        if self.diagnostics is not None:
+            self.diagnostics.load_state_dict(host.get("diagnostics", {}))
+            self.diagnostics.after_reset = bool(meta.get("diagnostics_after_reset", False))
         if meta["pipeline"]:
             try:
                 samples = [ReplaySample(**host["pending"][str(j)])
@@ -347,9 +370,12 @@ class Runner:
         checkpointer = ckpt.RunCheckpointer(self.base_dir)
         latest = checkpointer.latest_step()
         log = metrics_io.CsvLog if self.primary else metrics_io.NullLog
+        diag_names = (self.diagnostics.metric_names(parallel.local_replica(self.state.online))
+                      if self.diagnostics is not None else [])
         train_log = log(
             self.base_dir / "train_log.csv",
-            ["agent_step", "grad_steps", "num_resets", "steps_per_second", *SCALAR_METRICS],
+            ["agent_step", "grad_steps", "num_resets", "steps_per_second", *SCALAR_METRICS,
+             *diag_names],
         )
         episode_log = log(
             self.base_dir / "episodes.csv", ["agent_step", "episode_return", "episode_length"]
@@ -383,6 +409,7 @@ class Runner:
                         "Train/EpisodeLength": episode["episode_length"],
                     })
                     last_return = episode["episode_return"]
+                diag_row, self._diag_row = self._diag_row, {}
                 if self.agent_step % cfg.run.log_every == 0 and self._log_acc:
                     now = time.perf_counter()
                     sps = (self.agent_step - window_step) / max(now - window_start, 1e-9)
@@ -390,7 +417,7 @@ class Runner:
                     row = {k: float(np.mean(v)) for k, v in self._log_acc.items()}
                     self._log_acc = {}
                     row.update(agent_step=self.agent_step, grad_steps=self.grad_steps,
-                               num_resets=self.num_resets, steps_per_second=sps)
+                               num_resets=self.num_resets, steps_per_second=sps, **diag_row)
                     train_log.write(row)
                     tb.scalars(self.agent_step, {f"Train/{k}": row[k] for k in
                                                  (*SCALAR_METRICS, "steps_per_second")})
@@ -398,6 +425,10 @@ class Runner:
                     if last_return is not None:
                         postfix["return"] = last_return
                     bar.set_postfix(postfix, refresh=False)
+                elif diag_row:  # a row of its own, other metrics blank
+                    train_log.write(dict(diag_row, agent_step=self.agent_step,
+                                         grad_steps=self.grad_steps, num_resets=self.num_resets))
+                tb.scalars(self.agent_step, diag_row)
                 if self.primary and cfg.run.eval_every \
                         and self.agent_step % cfg.run.eval_every == 0 and self.agent_step < total:
                     result = self.evaluate(cfg.run.num_eval_episodes)

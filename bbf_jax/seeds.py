@@ -20,6 +20,7 @@ training no-ops             ``k = (1,)``: numpy Generator
 replay sampling             ``k = (2,)``: seed of the replay's Generator
 evaluation round ``r``      ``k = (3, r, 0)``: no-op Generator; ``k = (3, r, 1)``: the
                             seed that ``evaluate`` spawns one emulator seed per env from
+diagnostics held-out batch  ``k = (4,)``: numpy Generator (:mod:`bbf_jax.diagnostics`)
 ==========================  =====================================================
 
 ``r`` is the agent step at which the evaluation runs. Each ``AtariEnv`` derives two
@@ -36,7 +37,7 @@ import jax
 import numpy as np
 
 _TRAIN, _INIT, _ACT, _EVAL = 0, 1, 2, 3  # JAX purposes
-_ENV, _NOOPS, _REPLAY, _EVAL_HOST = 0, 1, 2, 3  # host purposes
+_ENV, _NOOPS, _REPLAY, _EVAL_HOST, _DIAGNOSTICS = 0, 1, 2, 3, 4  # host purposes
 
 
 def learner_keys(seed) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -93,6 +94,11 @@ class RunSeeds:
     def replay(self) -> int:
         """Seed of the replay buffer's numpy Generator."""
         return _int(_host(self.seed, _REPLAY))
+
+    @property
+    def diagnostics(self) -> np.random.SeedSequence:
+        """Seed of the Generator that draws the diagnostics' held-out batch."""
+        return _host(self.seed, _DIAGNOSTICS)
 
     def evaluation(self, round_: int) -> EvalSeeds:
         """Seeds of the evaluation run at agent step ``round_``."""

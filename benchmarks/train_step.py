@@ -22,6 +22,14 @@ commit, 1-minute load average).
   python benchmarks/train_step.py --networks full --groups 1 2 --dtypes float32 \\
       --devices 1 --repeats 3                              # full network on a CPU
   python benchmarks/train_step.py --host-devices 4 ...     # split a CPU into 4 devices
+  python benchmarks/train_step.py --diagnostics ...        # also time the diagnostics
+
+``--diagnostics`` also times one point of the plasticity diagnostics
+(:class:`bbf_jax.diagnostics.Diagnostics`: the parameter snapshot before the dispatch,
+then the jitted function on 256 held-out states and the transfer of its results) on
+the same device, and its overhead at the default interval ``RunConfig.diagnostics_every``:
+``diag_ms / (diagnostics_every * step_ms)``. One row per configuration goes to
+``benchmarks/results/diagnostics.csv``.
 """
 
 from __future__ import annotations
@@ -37,6 +45,10 @@ import time
 from machine import commit, cpu_name
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "train_step.csv"
+DIAG_RESULTS = RESULTS.parent / "diagnostics.csv"
+DIAG_FIELDS = ["date", "commit", "device", "jax", "network", "params", "dtype", "G",
+               "batch_size", "held_out", "repeats", "step_ms", "diag_compile_s", "diag_ms",
+               "diagnostics_every", "overhead_pct", "load_avg_1min", "note"]
 FIELDS = [
     "date",
     "commit",
@@ -88,6 +100,8 @@ def parse_args(argv):
     )
     parser.add_argument("--csv", default=str(RESULTS), help="CSV to append to ('' for none)")
     parser.add_argument("--note", default="", help="free text stored in every CSV row")
+    parser.add_argument("--diagnostics", action="store_true",
+                        help="also time the plasticity diagnostics (diagnostics.csv)")
     args = parser.parse_args(argv)
     if args.quick:
         args.networks, args.groups, args.dtypes, args.repeats = ["small"], [1, 2], ["float32"], 3
@@ -116,8 +130,44 @@ def random_sample(n: int, seq_len: int, seed: int = SEED):
     )
 
 
-def measure(network: str, dtype: str, group: int, devices: int, repeats: int) -> dict:
-    """Compiles and times one configuration; returns the numbers of one CSV row."""
+def measure_diagnostics(learner, state, group: int, repeats: int) -> dict:
+    """Times one diagnostics point (snapshot + jitted function + transfer) on the state's
+    first device; returns compile seconds and the median milliseconds."""
+    import jax
+    import numpy as np
+
+    from bbf_jax import parallel
+    from bbf_jax.diagnostics import HELD_OUT_SIZE, Diagnostics
+
+    rng = np.random.default_rng(SEED)
+    diag = Diagnostics(learner.network, 1, group, np.random.SeedSequence(SEED))
+    # The held-out batch is set directly: its draw from a replay happens once per run.
+    diag.states = rng.integers(0, 256, (HELD_OUT_SIZE, 84, 84, 4), dtype=np.uint8)
+    diag.actions = rng.integers(0, NUM_ACTIONS, HELD_OUT_SIZE).astype(np.int32)
+    local = parallel.local_replica(state)
+
+    def point():
+        before = diag.snapshot(local.online)
+        return diag.run(local.online, local.target, before, replay=None)
+
+    t0 = time.perf_counter()
+    point()  # compiles; the first point has no churn to compare with
+    compile_s = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        metrics = point()
+        times.append(time.perf_counter() - t0)
+    if not all(np.isfinite(v) for v in metrics.values()):
+        raise FloatingPointError("non-finite diagnostics")
+    jax.block_until_ready(local)
+    return dict(diag_compile_s=compile_s, diag_ms=float(np.median(times)) * 1e3)
+
+
+def measure(network: str, dtype: str, group: int, devices: int, repeats: int,
+            diagnostics: bool = False) -> dict:
+    """Compiles and times one configuration; returns the numbers of one CSV row (and the
+    diagnostics' timing under ``diag`` when asked)."""
     import jax
     import numpy as np
 
@@ -163,7 +213,9 @@ def measure(network: str, dtype: str, group: int, devices: int, repeats: int) ->
         raise FloatingPointError(f"non-finite loss in {network}/{dtype}/G={group}/D={devices}")
     dispatch_ms = float(np.median(times)) * 1e3
     step_ms = dispatch_ms / group
+    diag = measure_diagnostics(learner, state, group, repeats) if diagnostics else None
     return dict(
+        diag=diag,
         network=network,
         params=params,
         dtype=dtype,
@@ -181,6 +233,16 @@ def measure(network: str, dtype: str, group: int, devices: int, repeats: int) ->
     )
 
 
+def _append(path: pathlib.Path, fields: list[str], rows: list[dict]) -> None:
+    new = not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.host_devices:
@@ -189,6 +251,9 @@ def main(argv=None) -> None:
             + f" --xla_force_host_platform_device_count={args.host_devices}"
         )
     import jax
+
+    from bbf_jax.config import RunConfig
+    from bbf_jax.diagnostics import HELD_OUT_SIZE
 
     local = jax.local_device_count()
     devices = args.devices or [d for d in (1, 2, 4, 8, 16) if d <= local]
@@ -218,25 +283,40 @@ def main(argv=None) -> None:
         "gflop_per_s",
     )
     print(" ".join(f"{h:>14}" for h in header), flush=True)
-    rows, headline = [], float("nan")
+    rows, diag_rows, headline = [], [], float("nan")
+    every = RunConfig().diagnostics_every
     for network in args.networks:
         for dtype in args.dtypes:
             for group in args.groups:
                 for d in devices:
-                    row = measure(network, dtype, group, d, args.repeats) | common
+                    row = measure(network, dtype, group, d, args.repeats,
+                                  args.diagnostics) | common
+                    diag = row.pop("diag")
                     rows.append(row)
                     print(" ".join(f"{row[h]!s:>14}" for h in header), flush=True)
+                    if diag is not None:
+                        step_ms = float(row["step_ms"])
+                        overhead = 100 * diag["diag_ms"] / (every * step_ms)
+                        diag_rows.append({
+                            **{k: row[k] for k in ("date", "commit", "device", "jax", "network",
+                                                   "params", "dtype", "G", "batch_size",
+                                                   "repeats", "step_ms", "load_avg_1min",
+                                                   "note")},
+                            "held_out": HELD_OUT_SIZE,
+                            "diag_compile_s": f"{diag['diag_compile_s']:.1f}",
+                            "diag_ms": f"{diag['diag_ms']:.1f}",
+                            "diagnostics_every": every,
+                            "overhead_pct": f"{overhead:.3f}",
+                        })
+                        print(f"{'':>14} diagnostics: {diag['diag_ms']:.1f} ms per point, "
+                              f"{overhead:.3f}% of training at every {every} gradient steps",
+                              flush=True)
                     if (network, dtype, group, d) == ("full", "float32", 2, 1):
                         headline = float(row["step_ms"])
     if args.csv:
-        path = pathlib.Path(args.csv)
-        new = not path.exists()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
+        _append(pathlib.Path(args.csv), FIELDS, rows)
+        if diag_rows:
+            _append(pathlib.Path(args.csv).parent / DIAG_RESULTS.name, DIAG_FIELDS, diag_rows)
     print(f"train_step_ms: {headline:.1f}" if headline == headline else "train_step_ms: nan")
 
 

@@ -7,15 +7,18 @@ with a game over (even episodes) or a truncation at ``max_steps_per_episode`` (o
 ones). The real :class:`~bbf_jax.runner.Runner` trains a tiny real learner on it; the
 runner's own replay, selector, reset and train functions are wrapped (not replaced) to
 record what they are given, and every record is checked against values worked out
-here from the env's log and the spec's formulas.
+here from the env's log and the spec's formulas. The first run also computes the
+plasticity diagnostics, which must leave every one of those records unchanged.
 """
 
+import csv
 import dataclasses
 
 import jax
 import numpy as np
 import pytest
 
+from bbf_jax import checkpoint as ckpt
 from bbf_jax import runner as runner_module
 from bbf_jax.atari_games import canonical_game_name
 from bbf_jax.config import (
@@ -27,9 +30,11 @@ from bbf_jax.config import (
     ResetConfig,
     RunConfig,
 )
+from bbf_jax.diagnostics import Diagnostics
 from bbf_jax.envs import evaluation
 from bbf_jax.envs.atari import SCREEN_SIZE, StepResult
 from bbf_jax.replay import sampling
+from bbf_jax.tolerance import EPS, magnitude, noise
 
 NUM_ACTIONS = 4
 REWARDS = (0.0, 3.0, -2.0, 0.5, -0.25, 1.0, 0.0, -7.0)  # by env step, cyclically
@@ -48,6 +53,12 @@ RESET_STEPS = (14, 27, 40)
 G, B = 2, 4  # gradient steps per dispatch, minibatch size
 MAX_N, FINAL_N, MIN_GAMMA, GAMMA = 10, 3, 0.97, 0.997
 EPS_EVAL = 0.001
+# Diagnostics every 35 gradient steps (first run). Dispatches at agent steps i = 25..59
+# end at 2 * (i - 24) gradient steps, so steps 42 and 59 cross a multiple of 35; the first
+# dispatches after the resets are at 25, 28 and 41. A diagnostic is logged with the
+# agent_step after its step (at 60 in the regular log row).
+DIAG_EVERY = 35
+DIAG_ROWS = [26, 29, 42, 43, 60]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +114,8 @@ class ScriptedEnv:
         return {"shown": self._shown, "steps": self._steps}
 
 
-def experiment(target_action_selection: bool, priority_update: str) -> ExperimentConfig:
+def experiment(target_action_selection: bool, priority_update: str,
+               diagnostics_every: int = 0) -> ExperimentConfig:
     return ExperimentConfig(
         network=NetworkConfig(encoder_type="dqn", width_scale=0.25, hidden_dim=32),
         agent=AgentConfig(
@@ -117,7 +129,7 @@ def experiment(target_action_selection: bool, priority_update: str) -> Experimen
         replay=ReplayConfig(capacity=200, priority_update=priority_update),
         env=EnvConfig(game="Breakout", max_noops=3, max_steps_per_episode=MAX_STEPS),
         run=RunConfig(num_train_steps=STEPS - 1, num_eval_episodes=1, log_every=20,
-                      checkpoint_every=0),
+                      checkpoint_every=0, diagnostics_every=diagnostics_every),
     )
 
 
@@ -169,6 +181,9 @@ class Recorder:
         _, batch, _ = args
         metrics = out[1]
         self.trains.append({
+            "step": self.run.agent_step,
+            "online_before": jax.device_get(args[0].online),
+            "online_after": jax.device_get(out[0].online),
             "state": np.asarray(batch.state).reshape(G * B, *batch.state.shape[2:]),
             "dqn_loss": np.asarray(metrics["DQNLoss"]),
             "per_sample": np.asarray(metrics["dqn_loss_per_sample"]).reshape(-1),
@@ -214,11 +229,12 @@ def replay_env_log(log):
     return stacks, steps
 
 
-@pytest.fixture(scope="module", params=[(True, "official"), (False, "corrected")],
-                ids=["bbf-target-acting-official-priorities", "online-acting-corrected"])
+@pytest.fixture(scope="module",
+                params=[(True, "official", DIAG_EVERY), (False, "corrected", 0)],
+                ids=["bbf-target-acting-official-priorities-diagnostics",
+                     "online-acting-corrected-no-diagnostics"])
 def recorded_run(request, tmp_path_factory):
-    target_acting, priority_update = request.param
-    cfg = experiment(target_acting, priority_update)
+    cfg = experiment(*request.param)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(runner_module, "AtariEnv", ScriptedEnv)
         eval_envs = []  # the envs of the run's own evaluations (not the random baseline's)
@@ -399,3 +415,65 @@ def test_final_evaluation_acts_with_eps_eval(recorded_run):
     np.testing.assert_array_equal(eval_acts[0]["states"][:, 0, 0], [[0, 0, 0, 1]])
     expected_return = sum(REWARDS[k % len(REWARDS)] for k in range(GAME_OVER_AT))
     assert result["returns"] == [expected_return] * cfg.run.num_eval_episodes
+
+
+def _norm(tree) -> float:
+    return float(np.sqrt(sum(np.sum(np.square(x, dtype=np.float64))
+                             for x in jax.tree.leaves(tree))))
+
+
+def test_diagnostics_are_logged_at_their_dispatches(recorded_run):
+    cfg, run, recorder, _, _ = recorded_run
+    with (run.base_dir / "train_log.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["agent_step"]) for r in rows if r["TotalLoss"]] == [40, 60]
+    assert len({r["agent_step"] for r in rows}) == len(rows)  # a diagnostic joins a log row
+    if not cfg.run.diagnostics_every:
+        assert run.diagnostics is None and not any("/" in k for k in rows[0])
+        return
+    diag_rows = [r for r in rows if r["SRank/encoder"]]
+    assert [int(r["agent_step"]) for r in diag_rows] == DIAG_ROWS
+    assert not diag_rows[0]["Churn/online"]  # nothing to compare the first one with
+    trains = {t["step"]: t for t in recorder.trains}
+    network = run.learner.network
+    x = run.diagnostics.states.astype(np.float32) / 255.0
+    q_fn = jax.jit(lambda p: network.apply({"params": p}, x).q_values)
+    previous = None
+    for row in diag_rows:
+        t = trains[int(row["agent_step"]) - 1]  # the dispatch the diagnostic ended
+        for module in ("encoder", "transition_model", "projection", "predictor", "head"):
+            n = sum(x.size for x in jax.tree.leaves(t["online_after"][module]))
+            rel = n * EPS + 1e-6  # float32 sum of n squares; 7 digits in the CSV
+            param, update = _norm(t["online_after"][module]), _norm(jax.tree.map(
+                np.subtract, t["online_after"][module], t["online_before"][module]))
+            assert float(row[f"ParamNorm/{module}"]) == pytest.approx(param, rel=rel)
+            assert float(row[f"UpdateNorm/{module}"]) == pytest.approx(update, rel=rel + EPS)
+        q = np.asarray(q_fn(t["online_after"]), np.float64)
+        # Q-values agree with the diagnostic's own within rounding noise of the network;
+        # states whose best actions are that close count either way.
+        tol = noise(length=11 * 11 * 16, depth=6) * magnitude(q)
+        if previous is not None:
+            p_best = previous >= previous.max(1, keepdims=True) - 2 * tol
+            q_best = q >= q.max(1, keepdims=True) - 2 * tol
+            surely = np.sum(~np.any(p_best & q_best, axis=1))
+            maybe = np.sum((p_best.sum(1) > 1) | (q_best.sum(1) > 1)
+                           | np.any(p_best != q_best, axis=1))
+            assert surely <= round(float(row["Churn/online"]) * len(q)) <= maybe
+            assert float(row["QChange/online"]) == pytest.approx(
+                np.mean(np.abs(q - previous)), abs=2 * tol + 1e-6)
+        for k in ("Dormant0/total", "Dormant0.025/total", "Churn/online_target_agreement"):
+            assert 0.0 <= float(row[k]) <= 1.0
+        assert float(row["Dormant0/total"]) <= float(row["Dormant0.025/total"])
+        assert 1 <= float(row["SRank/projection"]) <= 32  # hidden_dim
+        previous = q
+    # The run's final checkpoint keeps the held-out batch and the last point's Q-values.
+    checkpointer = ckpt.RunCheckpointer(run.base_dir)
+    try:
+        _, host, meta = checkpointer.restore(STEPS, jax.device_get(run.state))
+    finally:
+        checkpointer.close()
+    restored = Diagnostics(network, DIAG_EVERY, G, run.seeds.diagnostics)
+    restored.load_state_dict(host["diagnostics"])
+    for k, v in run.diagnostics.state_dict().items():
+        np.testing.assert_array_equal(restored.state_dict()[k], v, err_msg=k)
+    assert meta["diagnostics_after_reset"] is False

@@ -35,6 +35,7 @@ def derivation(seed: int) -> dict[str, object]:
         "numpy/train_env_sticky": _first_words(sticky_seed(seeds.train_env)),
         "numpy/train_noops": _first_words(seeds.train_noops),
         "numpy/replay": _first_words(np.random.SeedSequence(seeds.replay)),
+        "numpy/diagnostics": _first_words(seeds.diagnostics),
     }
     for r in ROUNDS:
         ev = seeds.evaluation(r)

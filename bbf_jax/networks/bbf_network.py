@@ -120,6 +120,8 @@ class BBFNetwork(nn.Module):
         spatial = self.encode(x)
         representation = spatial.reshape(spatial.shape[0], -1)
         hidden = nn.relu(self.projection(representation, noise_keys))
+        # The Q head's input, for bbf_jax.diagnostics (a no-op unless sown into).
+        self.sow("intermediates", "projection_relu", hidden)
         logits = self.head(hidden, noise_keys)
         latent = self.rollout(spatial, actions) if do_rollout else spatial
         if self.config.num_atoms > 1:

@@ -16,6 +16,17 @@ import jax.numpy as jnp
 XAVIER_UNIFORM = nn.initializers.xavier_uniform()
 
 
+def _sown_relu(module: nn.Module, name: str, x):
+    """``relu(x)``, also sown into the ``intermediates`` collection as ``name``.
+
+    Sowing is a no-op unless ``intermediates`` is mutable in ``apply`` (as in
+    :mod:`bbf_jax.diagnostics`), so parameters and outputs are unchanged.
+    """
+    y = nn.relu(x)
+    module.sow("intermediates", name, y)
+    return y
+
+
 class ResidualStage(nn.Module):
     """One IMPALA stage: conv 3x3 -> max-pool 3x3/2 (SAME) -> pre-activation blocks.
 
@@ -36,10 +47,10 @@ class ResidualStage(nn.Module):
         )
         x = conv()(x)
         x = nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="SAME")
-        for _ in range(self.num_blocks):
+        for i in range(self.num_blocks):
             block_input = x
-            x = conv()(nn.relu(x))
-            x = conv()(nn.relu(x))
+            x = conv()(_sown_relu(self, f"block{i}_relu0", x))
+            x = conv()(_sown_relu(self, f"block{i}_relu1", x))
             x = x + block_input
         return x
 
@@ -58,7 +69,7 @@ class ImpalaEncoder(nn.Module):
     def __call__(self, x):
         for width in (16, 32, 32):
             x = ResidualStage(int(width * self.width_scale), self.num_blocks, self.dtype)(x)
-        return nn.relu(x)
+        return _sown_relu(self, "relu_out", x)
 
     @property
     def latent_channels(self) -> int:
@@ -77,12 +88,12 @@ class DQNEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        for dims, kernel, stride in ((32, 8, 4), (64, 4, 2), (64, 3, 1)):
+        for i, (dims, kernel, stride) in enumerate(((32, 8, 4), (64, 4, 2), (64, 3, 1))):
             x = nn.Conv(
                 int(dims * self.width_scale), (kernel, kernel), strides=(stride, stride),
                 padding="SAME", kernel_init=XAVIER_UNIFORM, dtype=self.dtype,
             )(x)
-            x = nn.relu(x)
+            x = _sown_relu(self, f"relu{i}", x)
         return x
 
     @property

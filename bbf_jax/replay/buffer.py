@@ -235,6 +235,34 @@ class SubsequenceReplay:
             indices=indices,
         )
 
+    def sample_states(self, num: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``num`` states from start rows drawn uniformly (with replacement) among the
+        valid ones, with the caller's ``rng``: the buffer's Generator and priorities are
+        untouched (held-out batches for diagnostics).
+
+        Returns:
+          ``(num, H, W, S)`` uint8 frame stacks (censored at episode starts, as in
+          :meth:`sample`) and ``(num,)`` int32 actions taken in them.
+
+        Raises:
+          RuntimeError: nothing can be sampled yet, or more than 1000 redraws needed.
+        """
+        if not self.can_sample():
+            raise RuntimeError(f"cannot sample states: only {self.add_count} rows added")
+        t, b = self._uniform_draw(num, rng)
+        for _ in range(MAX_SAMPLE_ATTEMPTS):
+            bad = ~sampling.valid_starts(self.storage, t, b, max_horizon=self.max_horizon,
+                                         seq_len=self.seq_len, stack_size=self.stack_size)
+            if not bad.any():
+                break
+            t[bad], b[bad] = self._uniform_draw(int(bad.sum()), rng)
+        else:
+            raise RuntimeError(f"Max sample attempts: no {num} valid states in "
+                               f"{MAX_SAMPLE_ATTEMPTS} rounds")
+        ep_start = sampling.episode_starts(self.storage, t, b, self.stack_size)
+        state = sampling.stack_states(self.storage, t, b, ep_start, 1, self.stack_size)[:, 0]
+        return state, self.storage.action[t, b].astype(np.int32)
+
     def _draw_indices(self, num: int):
         """(t, b) of ``num`` valid start indices, redrawing invalid ones in rounds."""
         idx = self._initial_draw(num)
@@ -260,20 +288,22 @@ class SubsequenceReplay:
     def _initial_draw(self, num: int) -> np.ndarray:
         if self.prioritized:
             return self.sum_tree.stratified_sample(num, self.rng)
-        return self._uniform_draw(num)
+        t, b = self._uniform_draw(num, self.rng)
+        return t * self.n_envs + b
 
     def _redraw(self, k: int) -> np.ndarray:
         if self.prioritized:
             return self.sum_tree.sample(self.rng.random(k, dtype=np.float32))
-        return self._uniform_draw(k)
+        t, b = self._uniform_draw(k, self.rng)
+        return t * self.n_envs + b
 
-    def _uniform_draw(self, k: int) -> np.ndarray:
+    def _uniform_draw(self, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = sampling.candidate_range(
             self.storage, self.max_horizon, self.seq_len, self.stack_size
         )
-        t = self.rng.integers(lo, hi, k) % self.storage.length
-        b = self.rng.integers(0, self.n_envs, k)
-        return t * self.n_envs + b
+        t = rng.integers(lo, hi, k) % self.storage.length
+        b = rng.integers(0, self.n_envs, k)
+        return t, b
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Complete buffer state as a flat dict of arrays (no pickle; arrays shared).

@@ -2,7 +2,7 @@
 
   bbf-report [RUN_DIR_OR_EVAL_JSON ...] [--compare official-rr2|official-rr8|DIR ...]
              [--games atari26|atari55] [--out DIR] [--reps N] [--seed S]
-  bbf-report --curves RUN_DIR ... [--out DIR]
+  bbf-report --curves RUN_DIR ... [--out DIR] [--panels GROUP ...]
 
 Run directories are searched recursively for eval.json. ``--compare`` takes either one
 official set (shipped with bbf_jax) or directories/files of eval.json forming one comparison
@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", default=0, type=int, help="bootstrap seed (default: %(default)s)")
     p.add_argument("--curves", action="store_true",
                    help="plot learning curves of the given run directories instead")
+    p.add_argument("--panels", nargs="+", metavar="GROUP",
+                   help="with --curves: only these train_log panels, without the returns "
+                        "(a column 'G/x' is drawn in panel G), e.g. Dormant0.025 SRank")
     return p
 
 
@@ -184,7 +187,7 @@ def _curves(args) -> int:
     written = 0
     for run_dir in find_run_dirs(args.paths):
         path = args.out / curve_file_name(run_dir, used)
-        ok, notes = plot_run_curves(run_dir, path)
+        ok, notes = plot_run_curves(run_dir, path, tuple(args.panels) if args.panels else None)
         for note in notes:
             print(f"note: {note}")
         if ok:
@@ -201,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.curves:
             return _curves(args)
+        if args.panels:
+            raise ReportInputError("--panels needs --curves")
         return _report(args, shlex.join(["bbf-report", *argv]))
     except (ReportInputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -13,6 +13,11 @@ return panel at their ``agent_steps``, with the random baseline of the final eva
 verdict (a random policy under the same protocol, or the DQN Zoo random score at the
 official budget) as a dashed line.
 
+Columns named ``group/series`` (the plasticity diagnostics of :mod:`bbf_jax.diagnostics`,
+e.g. ``Dormant0.025/total``, ``SRank/encoder``) share one panel per group, one line per
+series. When ``train_log`` has a ``num_resets`` column, the agent steps at which it grows
+are marked on every panel by dotted vertical lines.
+
 Either log may instead be JSON Lines (``episodes.jsonl``, ``train_log.jsonl``: one object
 per line with the same keys). The reader is tolerant: every numeric column other than
 ``agent_step`` is plotted against ``agent_step``, blank or non-numeric cells are skipped,
@@ -179,23 +184,64 @@ def _plot_returns(ax, episodes, evals: list[dict]) -> None:
     ax.legend(fontsize="small")
 
 
-def plot_run_curves(run_dir: pathlib.Path, out_path: pathlib.Path) -> tuple[bool, list[str]]:
+def metric_panels(columns) -> dict[str, list[str]]:
+    """Panel title -> the columns drawn in it: ``group/series`` columns share the panel
+    ``group``, any other column has its own; in order of first appearance."""
+    panels: dict[str, list[str]] = {}
+    for c in columns:
+        panels.setdefault(c.split("/", 1)[0], []).append(c)
+    return panels
+
+
+def reset_steps(train: dict[str, np.ndarray] | None) -> np.ndarray:
+    """Agent steps of the first logged row after each increase of ``num_resets``."""
+    if train is None or "num_resets" not in train:
+        return np.zeros(0)
+    x, n = _series(train, "num_resets")
+    return x[1:][np.diff(n) > 0]
+
+
+def _plot_metric(ax, train, columns: list[str]) -> None:
+    for c in columns:
+        label = c.split("/", 1)[1] if "/" in c else None
+        bold = label == "total"
+        ax.plot(*_series(train, c), ".-" if label else "-", markersize=3, label=label,
+                linewidth=2.5 if bold else 1.0, color="black" if bold else None)
+    if len(columns) > 6:  # e.g. one line per layer: the legend goes beside the panel
+        ax.legend(fontsize="xx-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    elif len(columns) > 1:
+        ax.legend(fontsize="x-small")
+
+
+def plot_run_curves(run_dir: pathlib.Path, out_path: pathlib.Path,
+                    groups: tuple[str, ...] | None = None) -> tuple[bool, list[str]]:
     """Plot episode and evaluation returns (with the random baseline) and every
     train_log metric of one run against agent steps.
+
+    Args:
+      groups: only these metric panels (e.g. ``('Dormant0.025', 'SRank')``), without
+        the returns; None: everything.
 
     Returns:
       (whether ``out_path`` was written, notes about missing files or columns).
     """
     notes: list[str] = []
-    episodes = _load(run_dir, "episodes", (X, RETURN), notes)
+    episodes = _load(run_dir, "episodes", (X, RETURN), notes) if groups is None else None
     train = _load(run_dir, "train_log", (X,), notes)
-    metrics = [c for c in train if c != X] if train is not None else []
+    metrics = metric_panels(c for c in train if c != X) if train is not None else {}
     if train is not None and not metrics:
         notes.append(f"{run_dir}: train_log has no metric column besides {X}; not plotted")
-    evals = read_evals(run_dir, notes)
-    panels = ([RETURN] if episodes is not None or evals else []) + metrics
+    if groups is not None:
+        missing = [g for g in groups if g not in metrics]
+        if missing and train is not None:
+            notes.append(f"{run_dir}: train_log has no {', '.join(missing)} columns; "
+                         "not plotted")
+        metrics = {g: metrics[g] for g in groups if g in metrics}
+    evals = read_evals(run_dir, notes) if groups is None else []
+    panels = ([RETURN] if episodes is not None or evals else []) + list(metrics)
     if not panels:
         return False, notes
+    resets = reset_steps(train)
     ncols = min(3, len(panels))
     nrows = -(-len(panels) // ncols)
     fig = Figure(figsize=(4.2 * ncols, 3.0 * nrows), layout="constrained")
@@ -204,7 +250,9 @@ def plot_run_curves(run_dir: pathlib.Path, out_path: pathlib.Path) -> tuple[bool
         if name == RETURN:
             _plot_returns(ax, episodes, evals)
         else:
-            ax.plot(*_series(train, name))
+            _plot_metric(ax, train, metrics[name])
+        for r in resets:
+            ax.axvline(r, color="gray", linestyle=":", linewidth=1)
         ax.set_title(name)
         ax.set_xlabel(X)
         ax.grid(alpha=0.3)
