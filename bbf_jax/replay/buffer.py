@@ -260,7 +260,10 @@ class SubsequenceReplay:
             raise RuntimeError(f"Max sample attempts: no {num} valid states in "
                                f"{MAX_SAMPLE_ATTEMPTS} rounds")
         ep_start = sampling.episode_starts(self.storage, t, b, self.stack_size)
-        state = sampling.stack_states(self.storage, t, b, ep_start, 1, self.stack_size)[:, 0]
+        # A subsequence of length 1 whose bootstrap rows are its own (unused).
+        frames = sampling.gather_frames(self.storage, t, b, t, 1, self.stack_size)
+        mask = sampling.stack_mask(self.storage, t, t, ep_start, 1, self.stack_size)
+        state = sampling.stack_frames(frames, mask)[0][:, 0]
         return state, self.storage.action[t, b].astype(np.int32)
 
     def _draw_indices(self, num: int):
