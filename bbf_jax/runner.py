@@ -45,6 +45,14 @@ from bbf_jax.seeds import RunSeeds
 SCALAR_METRICS = ("TotalLoss", "DQNLoss", "TDError", "SPRLoss", "GradNorm", "PNorm")
 
 
+class Preempted(Exception):
+    """The run stopped on a signal after writing a checkpoint of ``agent_step``."""
+
+    def __init__(self, agent_step: int, signum: int):
+        super().__init__(agent_step, signum)
+        self.agent_step, self.signum = agent_step, signum
+
+
 def fingerprint(cfg: ExperimentConfig) -> dict:
     """What a resumed run must share with its checkpoint (budgets and intervals may change)."""
     run = dataclasses.asdict(cfg.run)
@@ -124,6 +132,9 @@ class Runner:
         self.episodes = 0
         self.frame = None  # newest raw frame of the current state (o_t)
         self._log_acc: dict[str, list] = {}
+        # Set (to the signal number) by a signal handler: the run then stops after the
+        # current agent step with a checkpoint (:class:`Preempted`).
+        self.stop_signal: int | None = None
 
     # --------------------------------------------------------------- setup
     def describe(self) -> str:
@@ -321,6 +332,15 @@ class Runner:
             samples = [ReplaySample(**host["pending"][str(j)]) for j in range(len(host["pending"]))]
             self._pipeline().restore_pending(samples)
 
+    def _stop_if_signalled(self, checkpointer: ckpt.RunCheckpointer) -> None:
+        """Saves and raises :class:`Preempted` once a signal has arrived. Process 0's
+        flag decides, so that every process stops after the same agent step."""
+        signum = parallel.from_process_0(self.stop_signal or 0)
+        if signum:
+            if checkpointer.latest_step() != self.agent_step:
+                self._save(checkpointer)
+            raise Preempted(self.agent_step, signum)
+
     # ------------------------------------------------------------------ run
     def run(self) -> dict | None:
         """Trains (resuming from ``base_dir`` if a checkpoint exists), evaluates, and
@@ -393,9 +413,11 @@ class Runner:
                     tb.scalars(self.agent_step, {"Eval/AverageReturns": result["mean_return"]})
                 if cfg.run.checkpoint_every and self.agent_step % cfg.run.checkpoint_every == 0:
                     self._save(checkpointer)
+                self._stop_if_signalled(checkpointer)
             bar.close()
             if checkpointer.latest_step() != self.agent_step:
                 self._save(checkpointer)
+            self._stop_if_signalled(checkpointer)
             if not self.primary:
                 return None
             result = self.evaluate(cfg.run.num_eval_episodes)

@@ -11,15 +11,23 @@ events under ``tb/``, checkpoints under ``checkpoints/`` and, at the end, ``eval
 (with the verdict, also printed) and ``curves.png``.
 A multi-process job (``--coordinator_address``) shares one ``--base_dir``: all processes
 write the checkpoints, process 0 everything else.
+
+Exit status: 0 done; 2 bad input (configuration, paths, an unusable checkpoint), with one
+error line; 75 (``EX_TEMPFAIL``) stopped by SIGTERM or SIGINT after the current agent
+step, with a checkpoint written: rerun the same command to resume.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import pathlib
+import signal
 import sys
+
+EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: try again later
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +87,7 @@ def main(argv=None) -> int:
     except OSError as e:
         return _fail(f"cannot write to --base_dir {base_dir}: {e.strerror}")
 
-    from bbf_jax.runner import Runner
+    from bbf_jax.runner import Preempted, Runner
 
     if primary:
         (base_dir / "config.gin").write_text(gin_utils.operative_config())
@@ -93,7 +101,13 @@ def main(argv=None) -> int:
         runner = Runner(cfg, base_dir, config_files=args.gin_files, progress=not args.no_progress)
         if primary:
             print(runner.describe(), flush=True)
-        result = runner.run()
+        with _stop_on_signals(runner):
+            result = runner.run()
+    except Preempted as e:
+        print(f"bbf-train: stopped by {signal.Signals(e.signum).name} after agent step "
+              f"{e.agent_step} with a checkpoint; rerun the same command to resume "
+              f"(exit status {EXIT_PREEMPTED})", flush=True)
+        return EXIT_PREEMPTED
     except CheckpointError as e:
         return _fail(str(e))
     except ValueError as e:
@@ -106,6 +120,24 @@ def main(argv=None) -> int:
     print("\n".join(describe(result)))
     print(f"results: {base_dir / 'eval.json'}, learning curves: {base_dir / 'curves.png'}")
     return 0
+
+
+@contextlib.contextmanager
+def _stop_on_signals(runner):
+    """SIGTERM and SIGINT ask ``runner`` to stop after its current agent step; a second
+    signal ends the process at once (the newest complete checkpoint stays loadable)."""
+
+    def handler(signum, frame):
+        runner.stop_signal = signum
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, signal.SIG_DFL)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 if __name__ == "__main__":
