@@ -31,7 +31,7 @@ import tqdm
 
 import bbf_jax
 from bbf_jax import checkpoint as ckpt
-from bbf_jax import metrics_io, parallel, resets, schedules
+from bbf_jax import faults, metrics_io, parallel, resets, schedules
 from bbf_jax.acting import select_actions
 from bbf_jax.atari_games import human_normalized_score
 from bbf_jax.config import ExperimentConfig, derive
@@ -43,14 +43,6 @@ from bbf_jax.report.verdict import verdict_for_run
 from bbf_jax.seeds import RunSeeds
 
 SCALAR_METRICS = ("TotalLoss", "DQNLoss", "TDError", "SPRLoss", "GradNorm", "PNorm")
-
-
-class Preempted(Exception):
-    """The run stopped on a signal after writing a checkpoint of ``agent_step``."""
-
-    def __init__(self, agent_step: int, signum: int):
-        super().__init__(agent_step, signum)
-        self.agent_step, self.signum = agent_step, signum
 
 
 def fingerprint(cfg: ExperimentConfig) -> dict:
@@ -97,7 +89,8 @@ class Runner:
         # writes logs and evaluates.
         self.primary = jax.process_index() == 0
         self.env = AtariEnv(cfg.env.game, cfg.env, seed=self.seeds.train_env)
-        self.learner = make_learner(cfg.agent, cfg.network, self.env.num_actions)
+        self.learner = make_learner(cfg.agent, cfg.network, self.env.num_actions,
+                                    skip_nonfinite=cfg.run.on_nonfinite == "skip")
         self.mesh = parallel.make_mesh(cfg.run.num_devices)
         self.train_fn = parallel.make_parallel_train_steps(self.learner, self.mesh)
         put = parallel.make_put_fn(self.mesh, self.derived.batches_to_group, cfg.agent.batch_size)
@@ -135,6 +128,7 @@ class Runner:
         # Set (to the signal number) by a signal handler: the run then stops after the
         # current agent step with a checkpoint (:class:`Preempted`).
         self.stop_signal: int | None = None
+        self.skipped_updates = 0  # gradient steps dropped by on_nonfinite = 'skip'
 
     # --------------------------------------------------------------- setup
     def describe(self) -> str:
@@ -182,6 +176,10 @@ class Runner:
         per_sample = parallel.all_rows(metrics.pop("dqn_loss_per_sample"))
         metrics = jax.device_get(parallel.local_replica(metrics))
         pipeline.sync()  # no buffer mutation while a sample is being drawn
+        nonfinite = metrics.pop("NonFinite")
+        if nonfinite.any():
+            self._on_nonfinite(nonfinite, metrics, indices)
+            return  # 'skip': the steps were dropped; no priorities, nothing logged
         if self.cfg.replay.prioritized:
             idx, prios = priorities_to_set(
                 indices,
@@ -192,6 +190,23 @@ class Runner:
             self.replay.update_priorities(idx, prios)
         for k in SCALAR_METRICS:
             self._log_acc.setdefault(k, []).append(float(np.mean(metrics[k])))
+
+    def _on_nonfinite(self, flags, metrics, indices) -> None:
+        """'stop': writes ``base_dir/nonfinite`` and raises :class:`faults.NonFiniteStop`;
+        'skip': counts the dropped steps and says so (at 1, 2, 4, ... of them)."""
+        first = self.grad_steps - self.derived.batches_to_group + 1
+        message = faults.nonfinite_message(flags, self.agent_step, first)
+        if self.cfg.run.on_nonfinite == "skip":
+            self.skipped_updates += int(np.count_nonzero(flags))
+            if self.primary and self.skipped_updates & (self.skipped_updates - 1) == 0:
+                print(f"bbf-train: skipped the update: {message} "
+                      f"({self.skipped_updates} skipped so far)", file=sys.stderr, flush=True)
+            return
+        directory = self.base_dir / "nonfinite"
+        if self.primary:
+            faults.write_nonfinite_report(directory, message, self.agent_step, first, flags,
+                                          metrics, indices, self.base_dir / "checkpoints")
+        raise faults.NonFiniteStop(message, directory)
 
     def _acting_params(self):
         state = self.state
@@ -304,6 +319,7 @@ class Runner:
             "pipeline": self.pipeline is not None,
             "noop_rng": self.noop_rng.bit_generator.state,
             "log_acc": self._log_acc,
+            "skipped_updates": self.skipped_updates,
         }
         checkpointer.save(
             self.agent_step, jax.device_get(parallel.local_replica(self.state)), host, meta
@@ -328,18 +344,19 @@ class Runner:
             setattr(self, k, int(meta[k]))
         self.noop_rng.bit_generator.state = meta["noop_rng"]
         self._log_acc = {k: list(v) for k, v in meta["log_acc"].items()}
+        self.skipped_updates = int(meta.get("skipped_updates", 0))
         if meta["pipeline"]:
             samples = [ReplaySample(**host["pending"][str(j)]) for j in range(len(host["pending"]))]
             self._pipeline().restore_pending(samples)
 
     def _stop_if_signalled(self, checkpointer: ckpt.RunCheckpointer) -> None:
-        """Saves and raises :class:`Preempted` once a signal has arrived. Process 0's
+        """Saves and raises :class:`faults.Preempted` once a signal has arrived. Process 0's
         flag decides, so that every process stops after the same agent step."""
         signum = parallel.from_process_0(self.stop_signal or 0)
         if signum:
             if checkpointer.latest_step() != self.agent_step:
                 self._save(checkpointer)
-            raise Preempted(self.agent_step, signum)
+            raise faults.Preempted(self.agent_step, signum)
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict | None:

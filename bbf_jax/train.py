@@ -13,8 +13,10 @@ A multi-process job (``--coordinator_address``) shares one ``--base_dir``: all p
 write the checkpoints, process 0 everything else.
 
 Exit status: 0 done; 2 bad input (configuration, paths, an unusable checkpoint), with one
-error line; 75 (``EX_TEMPFAIL``) stopped by SIGTERM or SIGINT after the current agent
-step, with a checkpoint written: rerun the same command to resume.
+error line; 3 a non-finite loss or gradient norm with ``RunConfig.on_nonfinite = 'stop'``
+(diagnostics in ``base_dir/nonfinite/``); 75 (``EX_TEMPFAIL``) stopped by SIGTERM or
+SIGINT after the current agent step, with a checkpoint written: rerun the same command
+to resume.
 """
 
 from __future__ import annotations
@@ -26,8 +28,6 @@ import json
 import pathlib
 import signal
 import sys
-
-EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: try again later
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +87,8 @@ def main(argv=None) -> int:
     except OSError as e:
         return _fail(f"cannot write to --base_dir {base_dir}: {e.strerror}")
 
-    from bbf_jax.runner import Preempted, Runner
+    from bbf_jax.faults import EXIT_NONFINITE, EXIT_PREEMPTED, NonFiniteStop, Preempted
+    from bbf_jax.runner import Runner
 
     if primary:
         (base_dir / "config.gin").write_text(gin_utils.operative_config())
@@ -108,6 +109,10 @@ def main(argv=None) -> int:
               f"{e.agent_step} with a checkpoint; rerun the same command to resume "
               f"(exit status {EXIT_PREEMPTED})", flush=True)
         return EXIT_PREEMPTED
+    except NonFiniteStop as e:
+        print(f"bbf-train: stopped: {e}; diagnostics and the last good checkpoint in "
+              f"{e.directory} (exit status {EXIT_NONFINITE})", file=sys.stderr, flush=True)
+        return EXIT_NONFINITE
     except CheckpointError as e:
         return _fail(str(e))
     except ValueError as e:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import gin
 import pytest
 
 from bbf_jax import config as C
@@ -141,10 +140,7 @@ def test_comma_separated_shrink_perturb_keys_are_a_tuple():
 
 
 def test_bad_gin_value_is_one_line_naming_the_binding():
-    try:
-        with pytest.raises(gin_utils.ConfigError) as e:
-            gin_utils.parse((), ["NetworkConfig.width_scale = 'big'"])
-    finally:
-        gin.clear_config()  # the bad binding must not reach other tests' configs
+    with pytest.raises(gin_utils.ConfigError) as e:
+        gin_utils.parse((), ["NetworkConfig.width_scale = 'big'"])
     assert str(e.value) == ("bad gin configuration: NetworkConfig.width_scale must be a "
                             "number > 0, got 'big'")
