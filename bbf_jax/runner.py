@@ -74,13 +74,17 @@ class Runner:
         there is resumed.
       config_files: names of the gin files, recorded in eval.json.
       progress: show a progress bar.
+      resume_from: which checkpoint to resume: None (the newest), a step, or
+        'latest_valid' (the newest that can be read; see :meth:`_resume`).
     """
 
-    def __init__(self, cfg: ExperimentConfig, base_dir, config_files=(), progress: bool = True):
+    def __init__(self, cfg: ExperimentConfig, base_dir, config_files=(), progress: bool = True,
+                 resume_from: int | str | None = None):
         self.cfg = cfg
         self.base_dir = pathlib.Path(base_dir)
         self.config_files = [pathlib.Path(f).name for f in config_files]
         self.progress = progress
+        self.resume_from = resume_from
         self.derived = derive(cfg.agent, n_envs=1)
         self.seeds = RunSeeds(cfg.run.seed)
         # P processes compute the run of one: each steps the same env stream (same
@@ -349,6 +353,36 @@ class Runner:
             samples = [ReplaySample(**host["pending"][str(j)]) for j in range(len(host["pending"]))]
             self._pipeline().restore_pending(samples)
 
+    def _resume(self, checkpointer: ckpt.RunCheckpointer) -> int | None:
+        """Restores the checkpoint chosen by ``resume_from`` and returns its step (None:
+        nothing to resume). Checkpoints newer than it are moved aside
+        (:meth:`~bbf_jax.checkpoint.RunCheckpointer.discard_after`).
+
+        Raises:
+          CheckpointError: no usable checkpoint; with 'latest_valid', an unreadable one
+            is reported and the next older one tried, but one of another run is an error.
+        """
+        steps = checkpointer.all_steps()
+        if not steps and self.resume_from in (None, "latest_valid"):
+            return None
+        for step in ckpt.resume_candidates(steps, self.resume_from):
+            try:
+                self._restore(checkpointer, step)
+                break
+            except ckpt.CheckpointMismatch:
+                raise
+            except ckpt.CheckpointError as e:
+                if self.resume_from != "latest_valid" or step == steps[0]:
+                    raise
+                if self.primary:
+                    reason = str(e).removesuffix(ckpt.RESUME_HINT)
+                    print(f"bbf-train: skipping checkpoint {step}: {reason}", flush=True)
+        discarded = checkpointer.discard_after(step)
+        if discarded and self.primary:
+            print(f"bbf-train: moved checkpoints {discarded} to "
+                  f"{self.base_dir / 'checkpoints_discarded'}", flush=True)
+        return step
+
     def _stop_if_signalled(self, checkpointer: ckpt.RunCheckpointer) -> None:
         """Saves and raises :class:`faults.Preempted` once a signal has arrived. Process 0's
         flag decides, so that every process stops after the same agent step."""
@@ -369,7 +403,7 @@ class Runner:
         # Every process takes part in each save (orbax synchronises them); the state
         # saved is the same on all.
         checkpointer = ckpt.RunCheckpointer(self.base_dir)
-        latest = checkpointer.latest_step()
+        resumed = self._resume(checkpointer)
         log = metrics_io.CsvLog if self.primary else metrics_io.NullLog
         train_log = log(
             self.base_dir / "train_log.csv",
@@ -378,8 +412,7 @@ class Runner:
         episode_log = log(
             self.base_dir / "episodes.csv", ["agent_step", "episode_return", "episode_length"]
         )
-        if latest is not None:
-            self._restore(checkpointer, latest)
+        if resumed is not None:
             if self.primary:
                 print(f"bbf-train: resumed at agent step {self.agent_step}", flush=True)
             train_log.truncate_after(self.agent_step)

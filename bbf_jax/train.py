@@ -5,7 +5,8 @@
 
 Also ``python -m bbf_jax.train``. ``--seed`` is required: every run of a sweep must say
 which seed it is (``RunConfig.seed`` in gin files is overridden). Re-running with the
-same ``--base_dir`` resumes from its latest checkpoint. Writes ``config.gin`` (the
+same ``--base_dir`` resumes from its latest checkpoint (``--resume_from STEP`` or
+``--resume_from latest_valid`` choose another). Writes ``config.gin`` (the
 operative gin config), ``config.json``, ``train_log.csv``, ``episodes.csv``, TensorBoard
 events under ``tb/``, checkpoints under ``checkpoints/`` and, at the end, ``eval.json``
 (with the verdict, also printed) and ``curves.png``.
@@ -39,11 +40,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, required=True,
                    help="the run seed in [0, 2**32) (sets RunConfig.seed)")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
+    p.add_argument("--resume_from", type=_resume_from, default=None, metavar="STEP|latest_valid",
+                   help="resume from this checkpoint step, or from the newest one that can be "
+                        "read (latest_valid); default: the newest. Newer checkpoints are "
+                        "moved to base_dir/checkpoints_discarded")
     p.add_argument("--coordinator_address", default=None,
                    help="host:port of process 0, to join a multi-process (multi-host) job")
     p.add_argument("--num_processes", type=int, default=1)
     p.add_argument("--process_id", type=int, default=0)
     return p
+
+
+def _resume_from(text: str) -> int | str:
+    if text == "latest_valid":
+        return text
+    if text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected a step (an integer >= 0) or 'latest_valid', "
+                                     f"got {text!r}")
 
 
 def _fail(message: str) -> int:
@@ -90,6 +104,10 @@ def main(argv=None) -> int:
     from bbf_jax.faults import EXIT_NONFINITE, EXIT_PREEMPTED, NonFiniteStop, Preempted
     from bbf_jax.runner import Runner
 
+    try:
+        memory_line = _check_memory(cfg)
+    except ValueError as e:
+        return _fail(str(e))
     if primary:
         (base_dir / "config.gin").write_text(gin_utils.operative_config())
         (base_dir / "config.json").write_text(
@@ -99,9 +117,11 @@ def main(argv=None) -> int:
                        indent=1, default=list)
         )
     try:
-        runner = Runner(cfg, base_dir, config_files=args.gin_files, progress=not args.no_progress)
+        runner = Runner(cfg, base_dir, config_files=args.gin_files, progress=not args.no_progress,
+                        resume_from=args.resume_from)
         if primary:
             print(runner.describe(), flush=True)
+            print(memory_line, flush=True)
         with _stop_on_signals(runner):
             result = runner.run()
     except Preempted as e:
@@ -125,6 +145,24 @@ def main(argv=None) -> int:
     print("\n".join(describe(result)))
     print(f"results: {base_dir / 'eval.json'}, learning curves: {base_dir / 'curves.png'}")
     return 0
+
+
+def _check_memory(cfg) -> str:
+    """The start-up memory line; ValueError (with the numbers) if the replay and the model
+    would not fit in the host memory available now."""
+    import jax
+
+    from bbf_jax import memory
+    from bbf_jax.envs import AtariEnv
+    from bbf_jax.learner import make_learner
+
+    num_actions = AtariEnv(cfg.env.game, cfg.env).num_actions
+    learner = make_learner(cfg.agent, cfg.network, num_actions)
+    model = memory.tree_bytes(jax.eval_shape(lambda: learner.init(cfg.run.seed)))
+    devices = jax.local_device_count()
+    copies = memory.model_host_copies(min(cfg.run.num_devices or devices, devices))
+    memory.check_fits(cfg, model, copies, *memory.available_bytes())
+    return memory.describe(cfg, model, copies)
 
 
 @contextlib.contextmanager

@@ -111,3 +111,144 @@ def test_nan_updates_are_skipped_on_request(tmp_path, capsys):
     counts = [2**k for k in range(1, runner.skipped_updates.bit_length())]
     assert [int(re.search(r"\((\d+) skipped so far\)$", e)[1]) for e in err] == counts
     assert all(e.startswith("bbf-train: skipped the update: non-finite TotalLoss") for e in err)
+
+
+# ------------------------------------------------------------------ checkpoints under faults
+# A child process writes checkpoint 1, then tries checkpoint 2 with its file size limited
+# (RLIMIT_FSIZE: a too-small file system, without privileges), then writes checkpoint 3,
+# large enough to be killed in the middle.
+SAVER = """
+import resource, signal, sys
+import numpy as np
+from bbf_jax.checkpoint import CheckpointError, RunCheckpointer
+
+ck = RunCheckpointer(sys.argv[1])
+ck.save(1, {"w": np.arange(1000, dtype=np.float32)}, {"x": np.ones(3, np.uint8)},
+        {"agent_step": 1})
+big = {"w": np.random.default_rng(0).standard_normal(30_000_000).astype(np.float32)}
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-large write fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, resource.RLIM_INFINITY))
+try:
+    ck.save(2, big, {"x": np.ones(3, np.uint8)}, {"agent_step": 2})
+except CheckpointError as e:
+    print("ERROR", e, flush=True)
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+print("SAVING", flush=True)
+ck.save(3, big, {"x": np.ones(3, np.uint8)}, {"agent_step": 3})
+print("SAVED", flush=True)
+"""
+
+
+def test_full_disk_and_killed_save_leave_the_previous_checkpoint(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(pathlib.Path(__file__).parents[1]))
+    proc = subprocess.Popen([sys.executable, "-c", SAVER, str(tmp_path)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    lines = []
+    while proc.poll() is None and not (lines and lines[-1] == "SAVING"):
+        lines.append(proc.stdout.readline().strip())
+    # Kill once checkpoint 3's arrays are being written.
+    data = tmp_path / "checkpoints" / "3.orbax-checkpoint-tmp"
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline and not any(
+            f.is_file() for f in data.glob("train_state*/ocdbt*/d/*")):
+        time.sleep(0.002)
+    assert proc.poll() is None, "the save ended before it could be killed"
+    proc.kill()
+    proc.communicate()
+    error = [ln for ln in lines if ln.startswith("ERROR")]
+    assert error == [f"ERROR could not write checkpoint 2 in {tmp_path.resolve()}/checkpoints: "
+                     "File too large; the newest complete checkpoint (1) is intact"], lines
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert "1" in names and "2" not in names and "3" not in names, names
+    checkpointer = ckpt.RunCheckpointer(tmp_path)  # removes the temporary directories
+    try:
+        assert checkpointer.all_steps() == [1]
+        state, host, meta = checkpointer.restore(1, {"w": np.zeros(1000, np.float32)})
+    finally:
+        checkpointer.close()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]
+    np.testing.assert_array_equal(state["w"], np.arange(1000, dtype=np.float32))
+    np.testing.assert_array_equal(host["x"], np.ones(3, np.uint8))
+    assert meta == {"agent_step": 1}
+
+
+def test_checkpoint_loading_never_unpickles(tmp_path):
+    """Python reports every class an unpickler looks up (audit event pickle.find_class);
+    none may occur while a checkpoint with nested dicts, tuples and strings loads."""
+    import sys
+
+    seen = []
+    watching = [True]
+    sys.addaudithook(lambda event, args: watching[0] and event.startswith("pickle.")
+                     and seen.append((event, args)))
+    checkpointer = ckpt.RunCheckpointer(tmp_path)
+    try:
+        tree = {"a": (np.ones(3, np.float32), {"b": np.arange(4)}), "c": np.array(7, np.int32)}
+        checkpointer.save(5, tree, {"s": np.zeros(2, np.uint8)}, {"nested": {"k": [1, "x"]}})
+        seen.clear()
+        restored = checkpointer.restore(5, tree)
+    finally:
+        watching[0] = False
+        checkpointer.close()
+    assert restored[2] == {"nested": {"k": [1, "x"]}}
+    assert seen == []
+    # The hook does see unpickling: a class lookup of a plain pickle.
+    import pickle
+
+    watching[0] = True
+    pickle.loads(pickle.dumps(dataclasses.replace))
+    watching[0] = False
+    assert seen and seen[0][0] == "pickle.find_class"
+
+
+@pytest.mark.parametrize("steps, resume_from, expected", [
+    ([60, 121], None, [121]),
+    ([60, 121], "latest_valid", [121, 60]),
+    ([60, 121], 60, [60]),
+    ([], None, []),
+    ([], "latest_valid", []),
+])
+def test_resume_candidates(steps, resume_from, expected):
+    assert ckpt.resume_candidates(steps, resume_from) == expected
+
+
+def test_resume_from_a_missing_step_names_the_steps_there():
+    with pytest.raises(ckpt.CheckpointError, match=r"--resume_from 7: no such checkpoint; "
+                       r"the complete checkpoints are at steps \[60, 121\]"):
+        ckpt.resume_candidates([121, 60], 7)
+
+
+# ------------------------------------------------------------------ memory
+@pytest.mark.parametrize("prioritized", [True, False])
+def test_replay_bytes_is_the_size_of_a_full_buffer(prioritized):
+    from bbf_jax import memory
+    from bbf_jax.config import derive
+    from bbf_jax.replay import SubsequenceReplay
+
+    cfg = gin_utils.parse([SMOKE], [f"ReplayConfig.prioritized = {prioritized}"])
+    replay = SubsequenceReplay.from_config(cfg.replay, derive(cfg.agent), n_envs=1, seed=0)
+    arrays = [v for k, v in replay.storage.state_dict().items() if k != "add_count"]
+    if prioritized:
+        arrays += [replay.sum_tree.nodes, replay.sum_tree._nodes32]
+    assert memory.replay_bytes(cfg) == sum(a.nbytes for a in arrays)
+
+
+def test_a_replay_that_does_not_fit_is_refused_with_numbers(tmp_path, capsys):
+    from bbf_jax import train
+
+    rc = train.main(["--gin_files", SMOKE, "--base_dir", str(tmp_path / "run"), "--seed", "0",
+                     "--gin_bindings", "ReplayConfig.capacity = 1000000000"])
+    assert rc == 2
+    # 10**9 transitions of 7,066 bytes and a sum tree of 2**31 - 1 nodes of 12 bytes.
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.fullmatch(
+        r"bbf-train: error: this configuration needs 6604\.73 GiB of host memory \(replay "
+        r"6604\.73 GiB for ReplayConfig\.capacity = 1,000,000,000, model 0\.001 GiB x 1\) "
+        r"but [\d.]+ GiB are available \(.+\); lower ReplayConfig\.capacity or use a larger "
+        r"machine", err[0]), err
+    assert not (tmp_path / "run" / "checkpoints").exists()

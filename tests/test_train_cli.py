@@ -34,18 +34,18 @@ def _env(devices: int = 2):
     return env
 
 
-def _command(base_dir, *bindings):
+def _command(base_dir, *bindings, args=()):
     """One-process bbf-train of the smoke config. These runs use a mesh of 2 CPU devices,
     so that a job of two processes with 1 device each can be compared with them bit for
     bit (test_two_processes_compute_the_one_process_run)."""
     return [sys.executable, "-m", "bbf_jax.train", "--gin_files", SMOKE, "--base_dir",
-            str(base_dir), "--seed", "0", "--no_progress", "--gin_bindings",
+            str(base_dir), "--seed", "0", "--no_progress", *args, "--gin_bindings",
             "RunConfig.num_devices = 2", *bindings]
 
 
-def _train(base_dir, *bindings, timeout=600):
-    return subprocess.run(_command(base_dir, *bindings), capture_output=True, text=True,
-                          env=_env(), cwd=ROOT, timeout=timeout)
+def _train(base_dir, *bindings, args=(), timeout=600):
+    return subprocess.run(_command(base_dir, *bindings, args=args), capture_output=True,
+                          text=True, env=_env(), cwd=ROOT, timeout=timeout)
 
 
 def _final_params(base_dir):
@@ -79,6 +79,10 @@ def test_smoke_run_writes_results(uninterrupted):
     assert result["game"] == "Breakout"
     assert result["seed"] == 0 and result["num_processes"] == 1
     assert "2 device(s)" in proc.stdout
+    # 1,000 transitions of 7,066 bytes and a sum tree of 2,047 nodes of 12 bytes.
+    assert "bbf-train: memory: replay 0.01 GiB when full (ReplayConfig.capacity = 1,000), " \
+        "model 0.001 GiB (parameters, target and optimizer state) x 2 in host memory" \
+        in proc.stdout
     assert result["agent_steps"] == 121  # the official loop runs num_train_steps + 1 steps
     # Training from add_count > 80: steps 81..120, 2 gradient steps each.
     assert result["grad_steps"] == 2 * 40
@@ -194,7 +198,10 @@ def test_mismatched_checkpoint_is_a_clear_error(uninterrupted, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_corrupt_checkpoint_is_a_clear_error(uninterrupted, tmp_path):
+def test_corrupt_checkpoint_is_a_clear_error_and_latest_valid_resumes(uninterrupted, tmp_path):
+    """A corrupt newest checkpoint stops the run with one line; --resume_from latest_valid
+    falls back to the one before (moving the broken one aside) and completes the run as
+    the uninterrupted one did."""
     base_full, _ = uninterrupted
     base = tmp_path / "corrupt"
     import shutil
@@ -207,6 +214,17 @@ def test_corrupt_checkpoint_is_a_clear_error(uninterrupted, tmp_path):
     proc = _train(base)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith(
+        "(--resume_from latest_valid falls back to an older checkpoint)")
+    proc = _train(base, args=("--resume_from", "latest_valid"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "bbf-train: skipping checkpoint 121: checkpoint " in proc.stdout
+    assert "resumed at agent step 60" in proc.stdout
+    assert f"moved checkpoints [121] to {base / 'checkpoints_discarded'}" in proc.stdout
+    assert (base / "checkpoints_discarded" / "121").is_dir()
+    got, want = (json.loads((d / "eval.json").read_text()) for d in (base, base_full))
+    for key in ("returns", "lengths", "grad_steps", "params_sha256"):
+        assert got[key] == want[key], key
 
 
 @pytest.mark.parametrize(
