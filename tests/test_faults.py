@@ -1,5 +1,7 @@
-"""Faults injected for real into the real training loop (smoke config, real ALE, real
-orbax): a NaN in the replay buffer, under both ``RunConfig.on_nonfinite`` settings."""
+"""Faults injected for real (smoke config, real ALE, real orbax, real processes): a
+diverging run and a NaN in the replay buffer under both ``RunConfig.on_nonfinite``
+settings, a full disk and a killed save, an unpickling check, a replay too large for
+the machine."""
 
 from __future__ import annotations
 
@@ -15,7 +17,6 @@ import pytest
 
 from bbf_jax import checkpoint as ckpt
 from bbf_jax import gin_utils
-from bbf_jax.faults import NonFiniteStop
 from bbf_jax.runner import Runner
 
 SMOKE = str(pathlib.Path(__file__).resolve().parents[1] / "gin_configs" / "smoke.gin")
@@ -46,44 +47,39 @@ def _online(runner: Runner):
     return [np.asarray(x) for x in jax.tree.leaves(runner.state.online)]
 
 
-def test_nan_stops_the_run_with_a_diagnostic_directory(tmp_path):
-    runner = _runner(tmp_path, "stop")
-    checkpointer = ckpt.RunCheckpointer(tmp_path)
-    try:
-        _steps_to(runner, FIRST_TRAIN_STEP + 2)
-        runner._save(checkpointer)  # the last good checkpoint (agent step 83)
-        _poison_replay(runner)
-        # Batches are prefetched two dispatches ahead: the NaN arrives within 3 steps.
-        with pytest.raises(NonFiniteStop) as e:
-            _steps_to(runner, FIRST_TRAIN_STEP + 6)
-    finally:
-        runner.pipeline.close()
-        checkpointer.close()
-    message = str(e.value)
-    m = re.fullmatch(r"non-finite TotalLoss, DQNLoss, TDError, GradNorm at agent step (\d+) "
-                     r"\(gradient step (\d+)\)", message)
-    assert m, message
-    step, grad_step = int(m[1]), int(m[2])
-    assert step == runner.agent_step and FIRST_TRAIN_STEP + 2 < step <= FIRST_TRAIN_STEP + 5
-    assert grad_step == runner.grad_steps - 1  # the first of the dispatch's 2 steps
-    directory = tmp_path / "nonfinite"
-    assert e.value.directory == directory
+def test_divergence_stops_the_run_with_a_diagnostic_directory(tmp_path, capsys):
+    """A learning rate of 1e38 makes the first update's parameters infinite, so the second
+    gradient step (agent step 81) is NaN: bbf-train stops with exit status 3, one line,
+    and a diagnostic directory holding the last periodic checkpoint (agent step 60)."""
+    from bbf_jax import train
+
+    base = tmp_path / "run"
+    rc = train.main(["--gin_files", SMOKE, "--base_dir", str(base), "--seed", "0",
+                     "--no_progress", "--gin_bindings", "AgentConfig.learning_rate = 1e38",
+                     "AgentConfig.encoder_learning_rate = 1e38"])
+    assert rc == 3
+    directory = base / "nonfinite"
+    message = ("non-finite TotalLoss, DQNLoss, TDError, SPRLoss, GradNorm at agent step "
+               f"{FIRST_TRAIN_STEP} (gradient step 2)")
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"bbf-train: stopped: {message}; diagnostics and the last good checkpoint in "
+        f"{directory} (exit status 3)"]
     assert (directory / "message.txt").read_text() == message + "\n"
     report = json.loads((directory / "batch.json").read_text())
-    assert report["agent_step"] == step and report["gradient_steps"] == [grad_step, grad_step + 1]
-    # SPR never sees the rewards; the second step starts from the first one's NaN params.
-    assert report["nonfinite"] == [["TotalLoss", "DQNLoss", "TDError", "GradNorm"],
-                                   ["TotalLoss", "DQNLoss", "TDError", "SPRLoss", "GradNorm"]]
-    assert np.isnan(report["metrics"]["TotalLoss"]).all()
-    assert np.isfinite(report["metrics"]["SPRLoss"][0])
+    assert report["agent_step"] == FIRST_TRAIN_STEP and report["gradient_steps"] == [1, 2]
+    assert report["nonfinite"] == [[], ["TotalLoss", "DQNLoss", "TDError", "SPRLoss",
+                                        "GradNorm"]]
+    assert np.isfinite(report["metrics"]["TotalLoss"][0])
+    assert np.isinf(report["metrics"]["PNorm"][0])  # the update that broke the parameters
     indices = np.asarray(report["indices"])
-    assert indices.shape == (2, 4) and ((0 <= indices) & (indices < 1000)).all()
+    assert indices.shape == (2, 4) and ((0 <= indices) & (indices < FIRST_TRAIN_STEP)).all()
+    assert not (base / "eval.json").exists()
     # The last good checkpoint, copied, loads and holds finite parameters.
     with ocp.CheckpointManager((directory / "checkpoint").resolve()) as mgr:
-        assert mgr.all_steps() == [FIRST_TRAIN_STEP + 2]
-        restored = mgr.restore(FIRST_TRAIN_STEP + 2, args=ocp.args.Composite(
+        assert mgr.all_steps() == [60]
+        restored = mgr.restore(60, args=ocp.args.Composite(
             train_state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
-    assert restored["meta"]["agent_step"] == FIRST_TRAIN_STEP + 2
+    assert restored["meta"]["agent_step"] == 60
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored["train_state"]["online"]))
 
 
