@@ -46,10 +46,11 @@ SCALAR_METRICS = ("TotalLoss", "DQNLoss", "TDError", "SPRLoss", "GradNorm", "PNo
 
 
 def fingerprint(cfg: ExperimentConfig) -> dict:
-    """What a resumed run must share with its checkpoint (budgets and intervals may change)."""
+    """What a resumed run must share with its checkpoint (budgets, intervals and the
+    non-finite policy may change)."""
     run = dataclasses.asdict(cfg.run)
     for k in ("num_train_steps", "num_eval_episodes", "eval_every", "log_every",
-              "checkpoint_every"):
+              "checkpoint_every", "on_nonfinite"):
         run.pop(k)
     fp = {name: dataclasses.asdict(getattr(cfg, name))
           for name in ("network", "agent", "reset", "replay", "env")}

@@ -219,7 +219,7 @@ def test_corrupt_checkpoint_is_a_clear_error_and_latest_valid_resumes(uninterrup
     proc = _train(base, args=("--resume_from", "latest_valid"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "bbf-train: skipping checkpoint 121: checkpoint " in proc.stdout
-    assert "resumed at agent step 60" in proc.stdout
+    assert "resumed at agent step 120" in proc.stdout  # max_to_keep = 2: 120 and 121
     assert f"moved checkpoints [121] to {base / 'checkpoints_discarded'}" in proc.stdout
     assert (base / "checkpoints_discarded" / "121").is_dir()
     got, want = (json.loads((d / "eval.json").read_text()) for d in (base, base_full))
