@@ -111,27 +111,27 @@ def test_nan_updates_are_skipped_on_request(tmp_path, capsys):
 
 # ------------------------------------------------------------------ checkpoints under faults
 # A child process writes checkpoint 1, then tries checkpoint 2 with its file size limited
-# (RLIMIT_FSIZE: a too-small file system, without privileges), then writes checkpoint 3,
-# large enough to be killed in the middle.
+# (RLIMIT_FSIZE: a too-small file system, without privileges), then writes checkpoints
+# 3, 4, ... (120 MB each) until it is killed in the middle of one.
 SAVER = """
 import resource, signal, sys
 import numpy as np
 from bbf_jax.checkpoint import CheckpointError, RunCheckpointer
 
 ck = RunCheckpointer(sys.argv[1])
-ck.save(1, {"w": np.arange(1000, dtype=np.float32)}, {"x": np.ones(3, np.uint8)},
+ck.save(1, {"w": np.zeros(30_000_000, np.float32)}, {"x": np.ones(3, np.uint8)},
         {"agent_step": 1})
-big = {"w": np.random.default_rng(0).standard_normal(30_000_000).astype(np.float32)}
+big = np.random.default_rng(0).standard_normal(30_000_000).astype(np.float32)
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-large write fails with EFBIG
 resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, resource.RLIM_INFINITY))
 try:
-    ck.save(2, big, {"x": np.ones(3, np.uint8)}, {"agent_step": 2})
+    ck.save(2, {"w": big}, {"x": np.ones(3, np.uint8)}, {"agent_step": 2})
 except CheckpointError as e:
     print("ERROR", e, flush=True)
 resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
 print("SAVING", flush=True)
-ck.save(3, big, {"x": np.ones(3, np.uint8)}, {"agent_step": 3})
-print("SAVED", flush=True)
+for step in range(3, 100):
+    ck.save(step, {"w": big + step}, {"x": np.full(3, step, np.uint8)}, {"agent_step": step})
 """
 
 
@@ -147,30 +147,39 @@ def test_full_disk_and_killed_save_leave_the_previous_checkpoint(tmp_path):
     lines = []
     while proc.poll() is None and not (lines and lines[-1] == "SAVING"):
         lines.append(proc.stdout.readline().strip())
-    # Kill once checkpoint 3's arrays are being written.
-    data = tmp_path / "checkpoints" / "3.orbax-checkpoint-tmp"
-    deadline = time.time() + 120
-    while proc.poll() is None and time.time() < deadline and not any(
-            f.is_file() for f in data.glob("train_state*/ocdbt*/d/*")):
-        time.sleep(0.002)
-    assert proc.poll() is None, "the save ended before it could be killed"
+    # Kill once the arrays of checkpoint 3 or a later one are being written (the next
+    # save if this poll misses one; the failed checkpoint 2 left its temporary directory).
+    pattern = "*.orbax-checkpoint-tmp/train_state*/ocdbt*/d/*"
+    deadline = time.time() + 300
+    writing = []
+    while proc.poll() is None and time.time() < deadline and not writing:
+        time.sleep(0.001)
+        writing = [int(p.relative_to(tmp_path / "checkpoints").parts[0].split(".")[0])
+                   for p in (tmp_path / "checkpoints").glob(pattern)]
+        writing = [step for step in writing if step >= 3]
+    assert proc.poll() is None, "the saves ended before one could be killed"
     proc.kill()
     proc.communicate()
+    killed = writing[0]
     error = [ln for ln in lines if ln.startswith("ERROR")]
     assert error == [f"ERROR could not write checkpoint 2 in {tmp_path.resolve()}/checkpoints: "
                      "File too large; the newest complete checkpoint (1) is intact"], lines
-    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-    assert "1" in names and "2" not in names and "3" not in names, names
+    # max_to_keep = 2: the two newest complete checkpoints remain; neither 2 nor the
+    # killed one is among them.
+    kept = [1] if killed == 3 else [1, 3] if killed == 4 else [killed - 2, killed - 1]
     checkpointer = ckpt.RunCheckpointer(tmp_path)  # removes the temporary directories
     try:
-        assert checkpointer.all_steps() == [1]
-        state, host, meta = checkpointer.restore(1, {"w": np.zeros(1000, np.float32)})
+        assert checkpointer.all_steps() == kept
+        latest = kept[-1]
+        state, host, meta = checkpointer.restore(latest, {"w": np.zeros(30_000_000, np.float32)})
     finally:
         checkpointer.close()
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]
-    np.testing.assert_array_equal(state["w"], np.arange(1000, dtype=np.float32))
-    np.testing.assert_array_equal(host["x"], np.ones(3, np.uint8))
-    assert meta == {"agent_step": 1}
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [str(k) for k in kept]
+    assert meta == {"agent_step": latest}
+    np.testing.assert_array_equal(host["x"], np.full(3, latest, np.uint8))
+    if latest > 1:
+        expected = np.random.default_rng(0).standard_normal(30_000_000).astype(np.float32)
+        np.testing.assert_array_equal(state["w"], expected + latest)
 
 
 def test_checkpoint_loading_never_unpickles(tmp_path):
