@@ -116,8 +116,9 @@ def _choice(default, *choices):
 def validate(config) -> None:
     """Checks every field of a config dataclass against its :class:`Check`.
 
-    The one place where field values are checked; each config's ``__post_init__``
-    calls it first.
+    The one place where single field values are checked; each config's
+    ``__post_init__`` calls it (ResetConfig after turning gin's comma-separated string
+    of keys into a tuple) before any check that involves several fields.
 
     Raises:
       ValueError: ``<Config>.<field> must be <what is allowed>, got <value>`` for the
