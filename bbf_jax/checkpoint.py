@@ -11,6 +11,13 @@ atomically by ``orbax.checkpoint.CheckpointManager``:
 * ``meta``: JSON with the counters of the loop, numpy generator states and a
   fingerprint (game, seed, operative gin config) that a resumed run must match.
 
+A checkpoint appears under its step's name only once complete: orbax writes into
+``<step>.orbax-checkpoint-tmp`` and renames it at the end, so a crash or a full disk
+during a save leaves the previous checkpoints as they were (the temporary directory is
+removed when the next run opens the directory). Loading reads JSON and tensorstore
+arrays: neither orbax (0.12.8: no ``pickle`` import in the package) nor this module ever
+unpickles.
+
 In a multi-process run every process calls :meth:`RunCheckpointer.save` and
 :meth:`~RunCheckpointer.restore` with the same ``base_dir``: orbax synchronises the
 processes, and process 0 writes the arrays (all of them numpy values that are the same on
@@ -20,7 +27,10 @@ every process: the replicated train state and the identical host state).
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import re
+import shutil
 from typing import Any
 
 import jax
@@ -29,7 +39,34 @@ import orbax.checkpoint as ocp
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used (corrupt, or from another config or game)."""
+    """A checkpoint that cannot be used (corrupt, or from another config or game), or
+    one that could not be written."""
+
+
+class CheckpointMismatch(CheckpointError):
+    """A readable checkpoint of another run (configuration or game)."""
+
+
+def resume_candidates(steps, resume_from: int | str | None) -> list[int]:
+    """The checkpoint steps to try, in order, to resume (``bbf-train --resume_from``).
+
+    Args:
+      steps: the steps of the complete checkpoints.
+      resume_from: None (the newest), an int (that step) or 'latest_valid' (newest
+        first, each older one in turn while they cannot be read).
+
+    Raises:
+      CheckpointError: a step that is not there (naming those that are).
+    """
+    steps = sorted(steps)
+    if resume_from == "latest_valid":
+        return steps[::-1]
+    if resume_from is None:
+        return steps[-1:]
+    if resume_from not in steps:
+        raise CheckpointError(f"--resume_from {resume_from}: no such checkpoint; the complete "
+                              f"checkpoints are at steps {steps or 'none'}")
+    return [resume_from]
 
 
 def encode_bytes(b: bytes) -> np.ndarray:
@@ -66,23 +103,55 @@ class RunCheckpointer:
 
     def __init__(self, base_dir: str | pathlib.Path, max_to_keep: int = 2):
         self.directory = pathlib.Path(base_dir).resolve() / "checkpoints"
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def discard_after(self, step: int) -> list[int]:
+        """Moves the checkpoints newer than ``step`` to ``base_dir/checkpoints_discarded``
+        (kept for inspection, out of the way of the resumed run); returns their steps."""
+        newer = [s for s in self.all_steps() if s > step]
+        if newer and jax.process_index() == 0:
+            aside = self.directory.parent / "checkpoints_discarded"
+            aside.mkdir(exist_ok=True)
+            for s in newer:
+                target = aside / str(s)
+                if target.exists():
+                    shutil.rmtree(target)
+                (self.directory / str(s)).rename(target)
+        self._manager.reload()
+        return newer
+
     def save(self, step: int, train_state, host: dict, meta: dict) -> None:
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                train_state=ocp.args.StandardSave(train_state),
-                host=ocp.args.StandardSave(host),
-                meta=ocp.args.JsonSave(meta),
-            ),
-            force=True,
-        )
-        self._manager.wait_until_finished()
+        """Writes the checkpoint of ``step`` and waits until it is complete.
+
+        Raises:
+          CheckpointError: it could not be written (e.g. a full disk); the previous
+            checkpoints are intact.
+        """
+        try:
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    train_state=ocp.args.StandardSave(train_state),
+                    host=ocp.args.StandardSave(host),
+                    meta=ocp.args.JsonSave(meta),
+                ),
+                force=True,
+            )
+            self._manager.wait_until_finished()
+        except Exception as e:  # orbax and tensorstore raise many types (OSError, ValueError)
+            kept = [s for s in self.all_steps() if s != step]
+            raise CheckpointError(
+                f"could not write checkpoint {step} in {self.directory}: {_os_reason(e)}; the "
+                f"newest complete checkpoint ({kept[-1] if kept else 'none'}) is intact"
+            ) from None
 
     def restore(self, step: int, abstract_train_state) -> tuple[Any, dict, dict]:
         """Returns ``(train_state, host, meta)`` of ``step``.
@@ -98,7 +167,7 @@ class RunCheckpointer:
             )["meta"]
         except Exception as e:  # orbax raises many types for unreadable files
             raise CheckpointError(
-                f"checkpoint {self.directory / str(step)} is unreadable: {_short(e)}"
+                f"checkpoint {self.directory / str(step)} is unreadable: {_short(e)}{RESUME_HINT}"
             ) from None
         try:
             restored = self._manager.restore(
@@ -111,12 +180,26 @@ class RunCheckpointer:
         except Exception as e:
             raise CheckpointError(
                 f"checkpoint {self.directory / str(step)} is corrupt or does not match this "
-                f"run's network/optimizer: {_short(e)}"
+                f"run's network/optimizer: {_short(e)}{RESUME_HINT}"
             ) from None
         return restored["train_state"], restored["host"], meta
 
     def close(self) -> None:
         self._manager.close()
+
+
+RESUME_HINT = " (--resume_from latest_valid falls back to an older checkpoint)"
+
+
+def _os_reason(e: Exception) -> str:
+    """The operating system's words for a failed write ('No space left on device'), which
+    tensorstore puts at the end of a long message as ``os_error_code``."""
+    code = re.search(r"os_error_code='?(\d+)", str(e))
+    if code:
+        return os.strerror(int(code[1]))
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return _short(e)
 
 
 def _short(e: Exception) -> str:
@@ -133,7 +216,7 @@ def check_fingerprint(saved: dict, current: dict, directory) -> None:
             f"vs now {json.dumps(current.get(k))[:80]}"
             for k in diff
         )
-        raise CheckpointError(
+        raise CheckpointMismatch(
             f"the checkpoint in {directory} belongs to another run ({details}); use another "
             "--base_dir or delete the checkpoints to start afresh"
         )

@@ -13,7 +13,8 @@ the official code that we consider a quirk or bug is a named switch whose defaul
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+import math
+from typing import Any, Literal
 
 import gin
 
@@ -21,9 +22,114 @@ QuirkMode = Literal["official", "corrected"]
 _QUIRK_MODES = ("official", "corrected")
 
 
-def _check_choice(owner: str, name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{owner}.{name} = {value!r} is not one of {list(choices)}")
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """What one config field accepts (kept in the field's metadata, see :func:`_f`).
+
+    Attributes:
+      kind: 'int' (a Python int, not a bool), 'number' (a finite int or float, not a
+        bool), 'bool', 'str' (non-empty), 'choice' (one of ``choices``) or 'choices'
+        (a tuple of them).
+      lo, hi: inclusive bounds of an int or number (None: unbounded).
+      lo_open: ``lo`` itself is excluded (``> lo``).
+      hi_open: ``hi`` itself is excluded (``< hi``).
+      choices: the allowed values of 'choice' and 'choices'.
+      optional: None is allowed too.
+    """
+
+    kind: str
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    choices: tuple = ()
+    optional: bool = False
+
+    def allows(self, v: Any) -> bool:
+        if v is None:
+            return self.optional
+        if self.kind == "bool":
+            return isinstance(v, bool)
+        if self.kind == "str":
+            return isinstance(v, str) and bool(v.strip())
+        if self.kind == "choice":
+            return isinstance(v, str) and v in self.choices
+        if self.kind == "choices":
+            return isinstance(v, tuple) and all(
+                isinstance(x, str) and x in self.choices for x in v)
+        ok_type = int if self.kind == "int" else (int, float)
+        if isinstance(v, bool) or not isinstance(v, ok_type) or not math.isfinite(v):
+            return False
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+
+    def describe(self) -> str:
+        if self.kind == "bool":
+            text = "True or False"
+        elif self.kind == "str":
+            text = "a non-empty string"
+        elif self.kind == "choice":
+            text = f"one of {list(self.choices)}"
+        elif self.kind == "choices":
+            text = f"a tuple of values from {list(self.choices)}"
+        else:
+            text = "an integer" if self.kind == "int" else "a number"
+            lo, hi = (_fmt(b) for b in (self.lo, self.hi))
+            if self.lo is not None and self.hi is not None:
+                left, right = "(["[not self.lo_open], ")]"[not self.hi_open]
+                text += f" in {left}{lo}, {hi}{right}"
+            elif self.lo is not None:
+                text += f" {'>' if self.lo_open else '>='} {lo}"
+        return f"None or {text}" if self.optional else text
+
+
+def _fmt(bound) -> str:
+    return "2**32" if bound == 2**32 else f"{bound:g}" if bound is not None else ""
+
+
+def _f(default, kind: str, **kw) -> Any:
+    """A dataclass field with its :class:`Check`."""
+    return dataclasses.field(default=default, metadata={"check": Check(kind, **kw)})
+
+
+def _positive_int(default):
+    return _f(default, "int", lo=1)
+
+
+def _count(default):  # an integer >= 0
+    return _f(default, "int", lo=0)
+
+
+def _probability(default, optional: bool = False):
+    return _f(default, "number", lo=0, hi=1, optional=optional)
+
+
+def _bool(default):
+    return _f(default, "bool")
+
+
+def _choice(default, *choices):
+    return _f(default, "choice", choices=choices)
+
+
+def validate(config) -> None:
+    """Checks every field of a config dataclass against its :class:`Check`.
+
+    The one place where single field values are checked; each config's
+    ``__post_init__`` calls it (ResetConfig after turning gin's comma-separated string
+    of keys into a tuple) before any check that involves several fields.
+
+    Raises:
+      ValueError: ``<Config>.<field> must be <what is allowed>, got <value>`` for the
+        first field that fails.
+    """
+    owner = type(config).__name__
+    for field in dataclasses.fields(config):
+        check = field.metadata["check"]
+        value = getattr(config, field.name)
+        if not check.allows(value):
+            raise ValueError(f"{owner}.{field.name} must be {check.describe()}, got {value!r}")
 
 
 @gin.configurable
@@ -46,24 +152,19 @@ class NetworkConfig:
         head always stay float32 (spec §10).
     """
 
-    encoder_type: str = "impala"
-    width_scale: float = 4.0
-    num_blocks: int = 2
-    hidden_dim: int = 2048
-    renormalize: bool = True
-    dueling: bool = True
-    noisy: bool = False
-    num_atoms: int = 51
-    vmax: float = 10.0
-    compute_dtype: str = "float32"
+    encoder_type: str = _choice("impala", "impala", "dqn")
+    width_scale: float = _f(4.0, "number", lo=0, lo_open=True)
+    num_blocks: int = _positive_int(2)
+    hidden_dim: int = _positive_int(2048)
+    renormalize: bool = _bool(True)
+    dueling: bool = _bool(True)
+    noisy: bool = _bool(False)
+    num_atoms: int = _positive_int(51)
+    vmax: float = _f(10.0, "number", lo=0, lo_open=True)
+    compute_dtype: str = _choice("float32", "float32", "bfloat16", "float16")
 
     def __post_init__(self):
-        _check_choice("NetworkConfig", "encoder_type", self.encoder_type, ("impala", "dqn"))
-        _check_choice(
-            "NetworkConfig", "compute_dtype", self.compute_dtype, ("float32", "bfloat16", "float16")
-        )
-        if self.num_atoms < 1:
-            raise ValueError(f"NetworkConfig.num_atoms must be >= 1, got {self.num_atoms}")
+        validate(self)
 
     @property
     def distributional(self) -> bool:
@@ -102,34 +203,32 @@ class AgentConfig:
       epsilon_decay_period: env steps of the linear epsilon decay after warm-up.
     """
 
-    batch_size: int = 32
-    replay_ratio: int = 64
-    batches_to_group: int = 2
-    spr_weight: float = 5.0
-    jumps: int = 5
-    data_augmentation: bool = True
-    double_dqn: bool = True
-    gamma: float = 0.997
-    min_gamma: float | None = 0.97
-    update_horizon: int = 3
-    max_update_horizon: int | None = 10
-    cycle_steps: int = 10_000
-    learning_rate: float = 1e-4
-    encoder_learning_rate: float = 1e-4
-    adam_eps: float = 1.5e-4
-    weight_decay: float = 0.1
-    target_update_tau: float = 0.005
-    target_update_period: int = 1
-    target_action_selection: bool = True
-    min_replay_history: int = 2000
-    epsilon_train: float = 0.0
-    epsilon_eval: float = 0.001
-    epsilon_decay_period: int = 2001
+    batch_size: int = _positive_int(32)
+    replay_ratio: int = _positive_int(64)
+    batches_to_group: int = _positive_int(2)
+    spr_weight: float = _f(5.0, "number", lo=0)
+    jumps: int = _count(5)
+    data_augmentation: bool = _bool(True)
+    double_dqn: bool = _bool(True)
+    gamma: float = _probability(0.997)
+    min_gamma: float | None = _probability(0.97, optional=True)
+    update_horizon: int = _positive_int(3)
+    max_update_horizon: int | None = _f(10, "int", lo=1, optional=True)
+    cycle_steps: int = _positive_int(10_000)
+    learning_rate: float = _f(1e-4, "number", lo=0)
+    encoder_learning_rate: float = _f(1e-4, "number", lo=0)
+    adam_eps: float = _f(1.5e-4, "number", lo=0)
+    weight_decay: float = _f(0.1, "number", lo=0)
+    target_update_tau: float = _probability(0.005)
+    target_update_period: int = _positive_int(1)
+    target_action_selection: bool = _bool(True)
+    min_replay_history: int = _count(2000)
+    epsilon_train: float = _probability(0.0)
+    epsilon_eval: float = _probability(0.001)
+    epsilon_decay_period: int = _positive_int(2001)
 
     def __post_init__(self):
-        for name in ("batch_size", "replay_ratio", "batches_to_group", "target_update_period"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"AgentConfig.{name} must be >= 1, got {getattr(self, name)}")
+        validate(self)
         if self.spr_weight > 0 and self.jumps < 1:
             raise ValueError("AgentConfig.jumps must be >= 1 when spr_weight > 0")
 
@@ -172,34 +271,27 @@ class ResetConfig:
         resets at 20,000 / 40,000 / 60,000 / 80,000).
     """
 
-    reset_every: int = 20_000
-    shrink_factor: float = 0.5
-    perturb_factor: float = 0.5
-    shrink_perturb_keys: tuple[str, ...] = ("encoder", "transition_model")
-    reset_encoder: bool = False
-    reset_projection: bool = True
-    reset_head: bool = True
-    reset_noise: bool = True
-    no_resets_after: int = 100_000
-    timing: str = "official"
+    reset_every: int = _count(20_000)
+    shrink_factor: float = _probability(0.5)
+    perturb_factor: float = _probability(0.5)
+    shrink_perturb_keys: tuple[str, ...] = _f(
+        ("encoder", "transition_model"), "choices",
+        choices=("encoder", "transition_model", "projection", "predictor", "head"))
+    reset_encoder: bool = _bool(False)
+    reset_projection: bool = _bool(True)
+    reset_head: bool = _bool(True)
+    reset_noise: bool = _bool(True)
+    no_resets_after: int = _count(100_000)
+    timing: str = _choice("official", "official", "v2023")
 
     def __post_init__(self):
-        _check_choice("ResetConfig", "timing", self.timing, ("official", "v2023"))
-        for name in ("reset_encoder", "reset_projection", "reset_head", "reset_noise"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(
-                    f"ResetConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if isinstance(self.shrink_perturb_keys, str):
             # gin users may write "encoder,transition_model" as in the official gin file.
             keys = tuple(k.strip() for k in self.shrink_perturb_keys.split(",") if k.strip())
             object.__setattr__(self, "shrink_perturb_keys", keys)
-        for key in self.shrink_perturb_keys:
-            _check_choice(
-                "ResetConfig",
-                "shrink_perturb_keys",
-                key,
-                ("encoder", "transition_model", "projection", "predictor", "head"),
-            )
+        elif isinstance(self.shrink_perturb_keys, list):
+            object.__setattr__(self, "shrink_perturb_keys", tuple(self.shrink_perturb_keys))
+        validate(self)
 
 
 @gin.configurable
@@ -224,19 +316,16 @@ class ReplayConfig:
         (spec §5.2); 'corrected' samples each batch right before it is used.
     """
 
-    capacity: int = 200_000
-    prioritized: bool = True
-    stack_size: int = 4
-    nstep_bootstrap: str = "official"
-    same_trajectory_mask: str = "official"
-    priority_update: str = "official"
-    prefetch: str = "official"
+    capacity: int = _positive_int(200_000)
+    prioritized: bool = _bool(True)
+    stack_size: int = _positive_int(4)
+    nstep_bootstrap: str = _choice("official", *_QUIRK_MODES)
+    same_trajectory_mask: str = _choice("official", *_QUIRK_MODES)
+    priority_update: str = _choice("official", *_QUIRK_MODES)
+    prefetch: str = _choice("official", *_QUIRK_MODES)
 
     def __post_init__(self):
-        for name in ("nstep_bootstrap", "same_trajectory_mask", "priority_update", "prefetch"):
-            _check_choice("ReplayConfig", name, getattr(self, name), _QUIRK_MODES)
-        if self.capacity < 1:
-            raise ValueError(f"ReplayConfig.capacity must be >= 1, got {self.capacity}")
+        validate(self)
 
 
 @gin.configurable
@@ -257,18 +346,15 @@ class EnvConfig:
         protocol of the official ``RR2_BBF+sticky_*`` score files.
     """
 
-    game: str = "ChopperCommand"
-    frame_skip: int = 4
-    max_noops: int = 30
-    max_steps_per_episode: int = 27_000
-    terminal_on_life_loss: bool = True
-    repeat_action_probability: float = 0.0
+    game: str = _f("ChopperCommand", "str")
+    frame_skip: int = _f(4, "int", lo=2)  # the observation pools the last two frames
+    max_noops: int = _count(30)
+    max_steps_per_episode: int = _positive_int(27_000)
+    terminal_on_life_loss: bool = _bool(True)
+    repeat_action_probability: float = _probability(0.0)
 
     def __post_init__(self):
-        p = self.repeat_action_probability
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-            raise ValueError(
-                f"EnvConfig.repeat_action_probability must be a number in [0, 1], got {p!r}")
+        validate(self)
 
 
 @gin.configurable
@@ -291,22 +377,23 @@ class RunConfig:
         first dispatch after each reset; 0 disables them. At 1000 a point costs ~0.1% of
         the training time (benchmarks/results/diagnostics.csv; the official agent logs
         its churn metrics every 200 gradient steps).
+      on_nonfinite: what a non-finite loss or gradient norm does: 'stop' (the run ends
+        with a diagnostic directory, ``base_dir/nonfinite/``) or 'skip' (the update is
+        dropped: parameters and optimizer state stay as they were).
     """
 
-    seed: int = 0
-    num_train_steps: int = 100_000
-    num_eval_episodes: int = 100
-    eval_every: int = 0
-    log_every: int = 100
-    checkpoint_every: int = 10_000
-    num_devices: int = 1
-    diagnostics_every: int = 1000
+    seed: int = _f(0, "int", lo=0, hi=2**32, hi_open=True)
+    num_train_steps: int = _count(100_000)
+    num_eval_episodes: int = _positive_int(100)
+    eval_every: int = _count(0)
+    log_every: int = _positive_int(100)
+    checkpoint_every: int = _count(10_000)
+    num_devices: int = _count(1)
+    diagnostics_every: int = _count(1000)
+    on_nonfinite: str = _choice("stop", "stop", "skip")
 
     def __post_init__(self):
-        d = self.diagnostics_every
-        if isinstance(d, bool) or not isinstance(d, int) or d < 0:
-            raise ValueError(
-                f"RunConfig.diagnostics_every must be an integer >= 0 (0 disables), got {d!r}")
+        validate(self)
 
 
 @dataclasses.dataclass(frozen=True)

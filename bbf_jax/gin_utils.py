@@ -43,8 +43,9 @@ def parse(
             )
         return config_lib.make_experiment_config()
     except (ValueError, TypeError, SyntaxError, KeyError, OSError) as e:
-        msg = str(e).strip().splitlines()
-        text = " ".join(m.strip() for m in msg if m.strip())
+        # gin appends "In call to configurable ..." lines; the message names the binding.
+        msg = [m.strip() for m in str(e).strip().splitlines()]
+        text = " ".join(m for m in msg if m and not m.startswith("In call to configurable"))
         raise ConfigError(f"bad gin configuration: {text}") from None
 
 

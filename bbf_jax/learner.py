@@ -31,6 +31,8 @@ __all__ = ["FrameBatch", "HParams", "Learner", "TrainBatch", "TrainState",
            "importance_weights", "make_learner", "to_train_batch"]
 
 METRIC_NAMES = ("TotalLoss", "DQNLoss", "TDError", "SPRLoss", "GradNorm", "PNorm")
+# The quantities whose non-finite values metric ``NonFinite`` reports, bit i for entry i.
+NONFINITE_CHECKED = ("TotalLoss", "DQNLoss", "TDError", "SPRLoss", "GradNorm")
 
 
 @flax.struct.dataclass
@@ -140,12 +142,15 @@ class Learner:
     """The static parts of the update (network, configs) and its pure functions.
 
     Build with :func:`make_learner`. Instances are hashable, so methods can be
-    jitted with ``self`` static.
+    jitted with ``self`` static. With ``skip_nonfinite`` a gradient step whose loss or
+    gradient norm is not finite leaves parameters and optimizer state unchanged (the
+    mechanism of float16 loss scaling; ``RunConfig.on_nonfinite = 'skip'``).
     """
 
     network: BBFNetwork
     agent: AgentConfig
     net: NetworkConfig
+    skip_nonfinite: bool = False
 
     @property
     def num_actions(self) -> int:
@@ -268,8 +273,10 @@ class Learner:
         the next step's rng.
 
         Returns ``(new_state, metrics)``; metrics hold the scalars of
-        :data:`METRIC_NAMES` plus ``dqn_loss_per_sample (B,)`` for priorities (and
-        ``LossScale`` with float16 compute).
+        :data:`METRIC_NAMES`, ``NonFinite`` (int32, bit i set when
+        ``NONFINITE_CHECKED[i]`` is NaN or infinite; with float16 compute the gradient
+        norm is left to the loss scale, which skips such steps itself), and
+        ``dqn_loss_per_sample (B,)`` for priorities (and ``LossScale`` with float16).
         """
         dtype = self.compute_dtype
         aug = self.agent.data_augmentation
@@ -303,12 +310,27 @@ class Learner:
         else:
             (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.online)
             is_finite = None
+        checked = {
+            "TotalLoss": jnp.mean(terms["loss_weighted"]),
+            "DQNLoss": jnp.mean(terms["dqn_loss"]),
+            "TDError": jnp.mean(terms["td_error"]),
+            "SPRLoss": jnp.mean(terms["spr_loss"]),
+            "GradNorm": global_norm(grads),
+        }
+        nonfinite = sum(
+            jnp.where(jnp.isfinite(checked[k]), 0, 1 << i)
+            for i, k in enumerate(NONFINITE_CHECKED)
+            if not (k == "GradNorm" and loss_scale is not None)
+        ).astype(jnp.int32)
+        if self.skip_nonfinite:
+            is_finite = nonfinite == 0 if is_finite is None else is_finite & (nonfinite == 0)
 
         optimizer = make_optimizer(self.agent, hparams.learning_rate, hparams.encoder_learning_rate)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.online)
         online = optax.apply_updates(state.online, updates)
         if is_finite is not None:
-            # A non-finite float16 step leaves params and optimizer state unchanged (§10).
+            # A non-finite float16 step (or any non-finite step with skip_nonfinite)
+            # leaves params and optimizer state unchanged (§10).
             keep = functools.partial(jnp.where, is_finite)
             online = jax.tree.map(keep, online, state.online)
             opt_state = jax.tree.map(keep, opt_state, state.opt_state)
@@ -322,12 +344,9 @@ class Learner:
             online,
         )
         metrics = {
-            "TotalLoss": jnp.mean(terms["loss_weighted"]),
-            "DQNLoss": jnp.mean(terms["dqn_loss"]),
-            "TDError": jnp.mean(terms["td_error"]),
-            "SPRLoss": jnp.mean(terms["spr_loss"]),
-            "GradNorm": global_norm(grads),
+            **checked,
             "PNorm": global_norm(online),
+            "NonFinite": nonfinite,
             "dqn_loss_per_sample": terms["dqn_loss"],
         }
         if loss_scale is not None:
@@ -364,8 +383,11 @@ class Learner:
         return jax.jit(self.train_steps, donate_argnums=donate)
 
 
-def make_learner(agent: AgentConfig, net: NetworkConfig, num_actions: int) -> Learner:
-    return Learner(network=make_network(net, num_actions), agent=agent, net=net)
+def make_learner(
+    agent: AgentConfig, net: NetworkConfig, num_actions: int, skip_nonfinite: bool = False
+) -> Learner:
+    return Learner(network=make_network(net, num_actions), agent=agent, net=net,
+                   skip_nonfinite=skip_nonfinite)
 
 
 def to_train_batch(sample, batches_to_group: int, batch_size: int) -> FrameBatch:

@@ -31,7 +31,7 @@ import tqdm
 
 import bbf_jax
 from bbf_jax import checkpoint as ckpt
-from bbf_jax import metrics_io, parallel, resets, schedules
+from bbf_jax import faults, metrics_io, parallel, resets, schedules
 from bbf_jax.acting import select_actions
 from bbf_jax.atari_games import human_normalized_score
 from bbf_jax.config import ExperimentConfig, derive
@@ -47,10 +47,11 @@ SCALAR_METRICS = ("TotalLoss", "DQNLoss", "TDError", "SPRLoss", "GradNorm", "PNo
 
 
 def fingerprint(cfg: ExperimentConfig) -> dict:
-    """What a resumed run must share with its checkpoint (budgets and intervals may change)."""
+    """What a resumed run must share with its checkpoint (budgets, intervals and the
+    non-finite policy may change)."""
     run = dataclasses.asdict(cfg.run)
     for k in ("num_train_steps", "num_eval_episodes", "eval_every", "log_every",
-              "checkpoint_every", "diagnostics_every"):
+              "checkpoint_every", "diagnostics_every", "on_nonfinite"):
         run.pop(k)
     fp = {name: dataclasses.asdict(getattr(cfg, name))
           for name in ("network", "agent", "reset", "replay", "env")}
@@ -75,13 +76,17 @@ class Runner:
         there is resumed.
       config_files: names of the gin files, recorded in eval.json.
       progress: show a progress bar.
+      resume_from: which checkpoint to resume: None (the newest), a step, or
+        'latest_valid' (the newest that can be read; see :meth:`_resume`).
     """
 
-    def __init__(self, cfg: ExperimentConfig, base_dir, config_files=(), progress: bool = True):
+    def __init__(self, cfg: ExperimentConfig, base_dir, config_files=(), progress: bool = True,
+                 resume_from: int | str | None = None):
         self.cfg = cfg
         self.base_dir = pathlib.Path(base_dir)
         self.config_files = [pathlib.Path(f).name for f in config_files]
         self.progress = progress
+        self.resume_from = resume_from
         self.derived = derive(cfg.agent, n_envs=1)
         self.seeds = RunSeeds(cfg.run.seed)
         # P processes compute the run of one: each steps the same env stream (same
@@ -90,7 +95,8 @@ class Runner:
         # writes logs and evaluates.
         self.primary = jax.process_index() == 0
         self.env = AtariEnv(cfg.env.game, cfg.env, seed=self.seeds.train_env)
-        self.learner = make_learner(cfg.agent, cfg.network, self.env.num_actions)
+        self.learner = make_learner(cfg.agent, cfg.network, self.env.num_actions,
+                                    skip_nonfinite=cfg.run.on_nonfinite == "skip")
         self.mesh = parallel.make_mesh(cfg.run.num_devices)
         self.train_fn = parallel.make_parallel_train_steps(self.learner, self.mesh)
         put = parallel.make_put_fn(self.mesh, self.derived.batches_to_group, cfg.agent.batch_size)
@@ -132,6 +138,10 @@ class Runner:
             self.learner.network, every, self.derived.batches_to_group, self.seeds.diagnostics
         ) if every else None
         self._diag_row: dict[str, float] = {}
+        # Set (to the signal number) by a signal handler: the run then stops after the
+        # current agent step with a checkpoint (:class:`Preempted`).
+        self.stop_signal: int | None = None
+        self.skipped_updates = 0  # gradient steps dropped by on_nonfinite = 'skip'
 
     # --------------------------------------------------------------- setup
     def describe(self) -> str:
@@ -183,6 +193,10 @@ class Runner:
         per_sample = parallel.all_rows(metrics.pop("dqn_loss_per_sample"))
         metrics = jax.device_get(parallel.local_replica(metrics))
         pipeline.sync()  # no buffer mutation while a sample is being drawn
+        nonfinite = metrics.pop("NonFinite")
+        if nonfinite.any():
+            self._on_nonfinite(nonfinite, metrics, indices)
+            return  # 'skip': the steps were dropped; no priorities, nothing logged
         if self.cfg.replay.prioritized:
             idx, prios = priorities_to_set(
                 indices,
@@ -196,6 +210,23 @@ class Runner:
         if before is not None:
             local = parallel.local_replica(self.state)
             self._diag_row = diag.run(local.online, local.target, before, self.replay)
+
+    def _on_nonfinite(self, flags, metrics, indices) -> None:
+        """'stop': writes ``base_dir/nonfinite`` and raises :class:`faults.NonFiniteStop`;
+        'skip': counts the dropped steps and says so (at 1, 2, 4, ... of them)."""
+        first = self.grad_steps - self.derived.batches_to_group + 1
+        message = faults.nonfinite_message(flags, self.agent_step, first)
+        if self.cfg.run.on_nonfinite == "skip":
+            self.skipped_updates += int(np.count_nonzero(flags))
+            if self.primary and self.skipped_updates & (self.skipped_updates - 1) == 0:
+                print(f"bbf-train: skipped the update: {message} "
+                      f"({self.skipped_updates} skipped so far)", file=sys.stderr, flush=True)
+            return
+        directory = self.base_dir / "nonfinite"
+        if self.primary:
+            faults.write_nonfinite_report(directory, message, self.agent_step, first, flags,
+                                          metrics, indices, self.base_dir / "checkpoints")
+        raise faults.NonFiniteStop(message, directory)
 
     def _acting_params(self):
         state = self.state
@@ -319,6 +350,7 @@ class Runner:
             "noop_rng": self.noop_rng.bit_generator.state,
             "log_acc": self._log_acc,
             "diagnostics_after_reset": bool(self.diagnostics and self.diagnostics.after_reset),
+            "skipped_updates": self.skipped_updates,
         }
         checkpointer.save(
             self.agent_step, jax.device_get(parallel.local_replica(self.state)), host, meta
@@ -346,6 +378,7 @@ class Runner:
         if self.diagnostics is not None:
             self.diagnostics.load_state_dict(host.get("diagnostics", {}))
             self.diagnostics.after_reset = bool(meta.get("diagnostics_after_reset", False))
+        self.skipped_updates = int(meta.get("skipped_updates", 0))
         if meta["pipeline"]:
             try:
                 samples = [ReplaySample(**host["pending"][str(j)])
@@ -356,6 +389,45 @@ class Runner:
                     f"(fields {sorted(host['pending']['0'])}); this bbf_jax cannot resume it"
                 ) from None
             self._pipeline().restore_pending(samples)
+
+    def _resume(self, checkpointer: ckpt.RunCheckpointer) -> int | None:
+        """Restores the checkpoint chosen by ``resume_from`` and returns its step (None:
+        nothing to resume). Checkpoints newer than it are moved aside
+        (:meth:`~bbf_jax.checkpoint.RunCheckpointer.discard_after`).
+
+        Raises:
+          CheckpointError: no usable checkpoint; with 'latest_valid', an unreadable one
+            is reported and the next older one tried, but one of another run is an error.
+        """
+        steps = checkpointer.all_steps()
+        if not steps and self.resume_from in (None, "latest_valid"):
+            return None
+        for step in ckpt.resume_candidates(steps, self.resume_from):
+            try:
+                self._restore(checkpointer, step)
+                break
+            except ckpt.CheckpointMismatch:
+                raise
+            except ckpt.CheckpointError as e:
+                if self.resume_from != "latest_valid" or step == steps[0]:
+                    raise
+                if self.primary:
+                    reason = str(e).removesuffix(ckpt.RESUME_HINT)
+                    print(f"bbf-train: skipping checkpoint {step}: {reason}", flush=True)
+        discarded = checkpointer.discard_after(step)
+        if discarded and self.primary:
+            print(f"bbf-train: moved checkpoints {discarded} to "
+                  f"{self.base_dir / 'checkpoints_discarded'}", flush=True)
+        return step
+
+    def _stop_if_signalled(self, checkpointer: ckpt.RunCheckpointer) -> None:
+        """Saves and raises :class:`faults.Preempted` once a signal has arrived. Process 0's
+        flag decides, so that every process stops after the same agent step."""
+        signum = parallel.from_process_0(self.stop_signal or 0)
+        if signum:
+            if checkpointer.latest_step() != self.agent_step:
+                self._save(checkpointer)
+            raise faults.Preempted(self.agent_step, signum)
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict | None:
@@ -368,7 +440,7 @@ class Runner:
         # Every process takes part in each save (orbax synchronises them); the state
         # saved is the same on all.
         checkpointer = ckpt.RunCheckpointer(self.base_dir)
-        latest = checkpointer.latest_step()
+        resumed = self._resume(checkpointer)
         log = metrics_io.CsvLog if self.primary else metrics_io.NullLog
         diag_names = (self.diagnostics.metric_names(parallel.local_replica(self.state.online))
                       if self.diagnostics is not None else [])
@@ -380,8 +452,7 @@ class Runner:
         episode_log = log(
             self.base_dir / "episodes.csv", ["agent_step", "episode_return", "episode_length"]
         )
-        if latest is not None:
-            self._restore(checkpointer, latest)
+        if resumed is not None:
             if self.primary:
                 print(f"bbf-train: resumed at agent step {self.agent_step}", flush=True)
             train_log.truncate_after(self.agent_step)
@@ -437,9 +508,11 @@ class Runner:
                     tb.scalars(self.agent_step, {"Eval/AverageReturns": result["mean_return"]})
                 if cfg.run.checkpoint_every and self.agent_step % cfg.run.checkpoint_every == 0:
                     self._save(checkpointer)
+                self._stop_if_signalled(checkpointer)
             bar.close()
             if checkpointer.latest_step() != self.agent_step:
                 self._save(checkpointer)
+            self._stop_if_signalled(checkpointer)
             if not self.primary:
                 return None
             result = self.evaluate(cfg.run.num_eval_episodes)

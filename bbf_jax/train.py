@@ -5,21 +5,30 @@
 
 Also ``python -m bbf_jax.train``. ``--seed`` is required: every run of a sweep must say
 which seed it is (``RunConfig.seed`` in gin files is overridden). Re-running with the
-same ``--base_dir`` resumes from its latest checkpoint. Writes ``config.gin`` (the
+same ``--base_dir`` resumes from its latest checkpoint (``--resume_from STEP`` or
+``--resume_from latest_valid`` choose another). Writes ``config.gin`` (the
 operative gin config), ``config.json``, ``train_log.csv``, ``episodes.csv``, TensorBoard
 events under ``tb/``, checkpoints under ``checkpoints/`` and, at the end, ``eval.json``
 (with the verdict, also printed) and ``curves.png``. Compiled programs are cached on disk
 (``bbf_jax.caches``: ``$BBF_JAX_COMPILATION_CACHE`` moves the cache or turns it off).
 A multi-process job (``--coordinator_address``) shares one ``--base_dir``: all processes
 write the checkpoints, process 0 everything else.
+
+Exit status: 0 done; 2 bad input (configuration, paths, an unusable checkpoint), with one
+error line; 3 a non-finite loss or gradient norm with ``RunConfig.on_nonfinite = 'stop'``
+(diagnostics in ``base_dir/nonfinite/``); 75 (``EX_TEMPFAIL``) stopped by SIGTERM or
+SIGINT after the current agent step, with a checkpoint written: rerun the same command
+to resume.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import pathlib
+import signal
 import sys
 
 
@@ -32,11 +41,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, required=True,
                    help="the run seed in [0, 2**32) (sets RunConfig.seed)")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
+    p.add_argument("--resume_from", type=_resume_from, default=None, metavar="STEP|latest_valid",
+                   help="resume from this checkpoint step, or from the newest one that can be "
+                        "read (latest_valid); default: the newest. Newer checkpoints are "
+                        "moved to base_dir/checkpoints_discarded")
     p.add_argument("--coordinator_address", default=None,
                    help="host:port of process 0, to join a multi-process (multi-host) job")
     p.add_argument("--num_processes", type=int, default=1)
     p.add_argument("--process_id", type=int, default=0)
     return p
+
+
+def _resume_from(text: str) -> int | str:
+    if text == "latest_valid":
+        return text
+    if text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected a step (an integer >= 0) or 'latest_valid', "
+                                     f"got {text!r}")
 
 
 def _fail(message: str) -> int:
@@ -81,8 +103,13 @@ def main(argv=None) -> int:
     except OSError as e:
         return _fail(f"cannot write to --base_dir {base_dir}: {e.strerror}")
 
+    from bbf_jax.faults import EXIT_NONFINITE, EXIT_PREEMPTED, NonFiniteStop, Preempted
     from bbf_jax.runner import Runner
 
+    try:
+        memory_line = _check_memory(cfg)
+    except ValueError as e:
+        return _fail(str(e))
     if primary:
         (base_dir / "config.gin").write_text(gin_utils.operative_config())
         (base_dir / "config.json").write_text(
@@ -92,10 +119,22 @@ def main(argv=None) -> int:
                        indent=1, default=list)
         )
     try:
-        runner = Runner(cfg, base_dir, config_files=args.gin_files, progress=not args.no_progress)
+        runner = Runner(cfg, base_dir, config_files=args.gin_files, progress=not args.no_progress,
+                        resume_from=args.resume_from)
         if primary:
             print(runner.describe(), flush=True)
-        result = runner.run()
+            print(memory_line, flush=True)
+        with _stop_on_signals(runner):
+            result = runner.run()
+    except Preempted as e:
+        print(f"bbf-train: stopped by {signal.Signals(e.signum).name} after agent step "
+              f"{e.agent_step} with a checkpoint; rerun the same command to resume "
+              f"(exit status {EXIT_PREEMPTED})", flush=True)
+        return EXIT_PREEMPTED
+    except NonFiniteStop as e:
+        print(f"bbf-train: stopped: {e}; diagnostics and the last good checkpoint in "
+              f"{e.directory} (exit status {EXIT_NONFINITE})", file=sys.stderr, flush=True)
+        return EXIT_NONFINITE
     except CheckpointError as e:
         return _fail(str(e))
     except ValueError as e:
@@ -108,6 +147,42 @@ def main(argv=None) -> int:
     print("\n".join(describe(result)))
     print(f"results: {base_dir / 'eval.json'}, learning curves: {base_dir / 'curves.png'}")
     return 0
+
+
+def _check_memory(cfg) -> str:
+    """The start-up memory line; ValueError (with the numbers) if the replay and the model
+    would not fit in the host memory available now."""
+    import jax
+
+    from bbf_jax import memory
+    from bbf_jax.envs import AtariEnv
+    from bbf_jax.learner import make_learner
+
+    num_actions = AtariEnv(cfg.env.game, cfg.env).num_actions
+    learner = make_learner(cfg.agent, cfg.network, num_actions)
+    model = memory.tree_bytes(jax.eval_shape(lambda: learner.init(cfg.run.seed)))
+    devices = jax.local_device_count()
+    copies = memory.model_host_copies(min(cfg.run.num_devices or devices, devices))
+    memory.check_fits(cfg, model, copies, *memory.available_bytes())
+    return memory.describe(cfg, model, copies)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(runner):
+    """SIGTERM and SIGINT ask ``runner`` to stop after its current agent step; a second
+    signal ends the process at once (the newest complete checkpoint stays loadable)."""
+
+    def handler(signum, frame):
+        runner.stop_signal = signum
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, signal.SIG_DFL)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 if __name__ == "__main__":

@@ -305,6 +305,37 @@ def test_frame_batch_stacks_on_the_device_and_trains_like_stacked_states(f32):
     _assert_trees_equal(got_metrics, want_metrics)
 
 
+# ------------------------------------------------------------------------ non-finite steps
+def test_non_finite_step_is_reported_and_skipped_on_request(f32):
+    """A NaN return makes the TD target, the losses and the gradients NaN: the step
+    reports it in NonFinite; with skip_nonfinite it leaves params and optimizer state as
+    they were (the target still takes its EMA step towards the unchanged online net)."""
+    learner, state, step = f32
+    batch = _minibatch(_batches(7), 0)
+    good_state, metrics = step(state, batch, _hparams())
+    assert int(metrics["NonFinite"]) == 0
+    bad = batch._replace(returns=batch.returns.copy())
+    bad.returns[1] = np.nan
+    new, metrics = step(state, bad, _hparams())  # on_nonfinite = 'stop': the step is taken
+    checked = ("TotalLoss", "DQNLoss", "TDError", "SPRLoss", "GradNorm")
+    # SPR does not see the return: its loss stays finite.
+    assert int(metrics["NonFinite"]) == sum(1 << i for i, k in enumerate(checked)
+                                           if k != "SPRLoss")
+    assert np.isfinite(float(metrics["SPRLoss"])) and np.isnan(float(metrics["TotalLoss"]))
+    assert not np.all(np.isfinite(new.online["head"]["value"]["net"]["bias"]))
+    skipping = make_learner(AGENT, TINY, A, skip_nonfinite=True)
+    skip_step = jax.jit(skipping.train_step)
+    new, metrics = skip_step(state, bad, _hparams())
+    assert int(metrics["NonFinite"]) != 0
+    _assert_trees_equal(new.online, state.online)
+    _assert_trees_equal(new.opt_state, state.opt_state)
+    assert int(new.grad_step) == 1
+    # A finite step is the same with and without skip_nonfinite.
+    same, metrics = skip_step(state, batch, _hparams())
+    assert int(metrics["NonFinite"]) == 0
+    _assert_trees_equal(same.online, good_state.online)
+
+
 # ------------------------------------------------------------------------ half precision
 # Half-precision steps compile slowly on CPU: a shorter SPR horizon and no augmentation
 # keep the same code path at a smaller graph.
@@ -325,6 +356,7 @@ def test_float16_non_finite_step_is_skipped_and_halves_the_scale(f32):
     _assert_trees_equal(new.online, bad.online)
     _assert_trees_equal(new.opt_state, bad.opt_state)
     assert float(metrics["LossScale"]) == float(huge) / 2
+    assert int(metrics["NonFinite"]) == 0  # the loss scale's business: losses are finite
     assert float(new.loss_scale.scale) == float(huge) / 2
     assert int(new.grad_step) == 1
     # With finite gradients (scale 1 here; the default 65,536 overflows the float16

@@ -141,7 +141,8 @@ def test_epsilon_matches_jitted_official_formula(decay, warmup, final):
         bonus = (1.0 - final) * steps_left / decay
         return final + jnp.clip(bonus, 0.0, 1.0 - final)
 
-    agent = AgentConfig(epsilon_decay_period=decay, min_replay_history=warmup, epsilon_train=final)
+    agent = AgentConfig(epsilon_decay_period=int(decay), min_replay_history=int(warmup),
+                        epsilon_train=final)
     steps = np.arange(0, int(decay + warmup) + 10, max(1, int(decay + warmup) // 2000))
     expected = np.asarray(jax.vmap(official)(steps))
     ours = np.array([S.epsilon_at(int(s), agent) for s in steps], np.float32)

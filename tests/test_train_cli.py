@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -33,18 +34,18 @@ def _env(devices: int = 2):
     return env
 
 
-def _command(base_dir, *bindings):
+def _command(base_dir, *bindings, args=()):
     """One-process bbf-train of the smoke config. These runs use a mesh of 2 CPU devices,
     so that a job of two processes with 1 device each can be compared with them bit for
     bit (test_two_processes_compute_the_one_process_run)."""
     return [sys.executable, "-m", "bbf_jax.train", "--gin_files", SMOKE, "--base_dir",
-            str(base_dir), "--seed", "0", "--no_progress", "--gin_bindings",
+            str(base_dir), "--seed", "0", "--no_progress", *args, "--gin_bindings",
             "RunConfig.num_devices = 2", *bindings]
 
 
-def _train(base_dir, *bindings, timeout=600):
-    return subprocess.run(_command(base_dir, *bindings), capture_output=True, text=True,
-                          env=_env(), cwd=ROOT, timeout=timeout)
+def _train(base_dir, *bindings, args=(), timeout=600):
+    return subprocess.run(_command(base_dir, *bindings, args=args), capture_output=True,
+                          text=True, env=_env(), cwd=ROOT, timeout=timeout)
 
 
 def _final_params(base_dir):
@@ -78,6 +79,10 @@ def test_smoke_run_writes_results(uninterrupted):
     assert result["game"] == "Breakout"
     assert result["seed"] == 0 and result["num_processes"] == 1
     assert "2 device(s)" in proc.stdout
+    # 1,000 transitions of 7,066 bytes and a sum tree of 2,047 nodes of 12 bytes.
+    assert "bbf-train: memory: replay 0.01 GiB when full (ReplayConfig.capacity = 1,000), " \
+        "model 0.001 GiB (parameters, target and optimizer state) x 2 in host memory" \
+        in proc.stdout
     assert result["agent_steps"] == 121  # the official loop runs num_train_steps + 1 steps
     # Training from add_count > 80: steps 81..120, 2 gradient steps each.
     assert result["grad_steps"] == 2 * 40
@@ -101,26 +106,55 @@ def test_smoke_run_writes_results(uninterrupted):
     assert (base / "curves.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
-def test_kill_and_resume_is_bit_identical(uninterrupted, tmp_path):
+def _wait_for(path, proc, predicate=lambda p: p.exists(), timeout=400):
+    deadline = time.time() + timeout
+    while not predicate(path) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be signalled"
+
+
+def _logged_rows(path) -> int:
+    return len(path.read_text().splitlines()) - 1 if path.exists() else 0
+
+
+def test_kill_preempt_and_resume_is_bit_identical(uninterrupted, tmp_path):
+    """A hard kill (SIGKILL after the checkpoint of step 60) and a preemption (SIGTERM at
+    a random moment of training) each resume to the uninterrupted run, bit for bit."""
     base_full, _ = uninterrupted
     base = tmp_path / "killed"
     proc = subprocess.Popen(_command(base), env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
-    first = base / "checkpoints" / "60"
-    deadline = time.time() + 400
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
+    _wait_for(base / "checkpoints" / "60", proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (base / "eval.json").exists()
+
+    # Resume, then SIGTERM once training has logged its first row (agent step 100; training
+    # runs from step 81 to 121), after a random delay far shorter than the 21 steps left.
+    proc = subprocess.Popen(_command(base), env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for(base / "train_log.csv", proc, lambda p: _logged_rows(p) >= 1)
+    delay = np.random.default_rng().uniform(0.0, 0.25)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=400)
+    assert proc.returncode == 75, (delay, err[-3000:])
+    assert "resumed at agent step 60" in out
+    line = out.strip().splitlines()[-1]
+    assert line.startswith("bbf-train: stopped by SIGTERM after agent step ") and \
+        "rerun the same command to resume (exit status 75)" in line, out
+    stopped = int(line.split("agent step ")[1].split()[0])
+    assert 100 <= stopped <= 121, (delay, stopped)
+    assert (base / "checkpoints" / str(stopped)).is_dir()
+    assert not (base / "eval.json").exists()
+
     resumed = _train(base)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed at agent step 60" in resumed.stdout
+    assert f"resumed at agent step {stopped}" in resumed.stdout
     full = json.loads((base_full / "eval.json").read_text())
     again = json.loads((base / "eval.json").read_text())
-    assert again["returns"] == full["returns"]
-    assert again["grad_steps"] == full["grad_steps"]
+    for key in ("returns", "lengths", "grad_steps", "params_sha256"):
+        assert again[key] == full[key], (key, delay, stopped)
     step_a, params_a = _final_params(base_full)
     step_b, params_b = _final_params(base)
     assert step_a == step_b == 121
@@ -132,7 +166,24 @@ def test_kill_and_resume_is_bit_identical(uninterrupted, tmp_path):
     log_b = (base / "train_log.csv").read_text().splitlines()
     # Same rows except the wall-clock column (steps_per_second).
     strip = lambda rows: [r.split(",")[:3] + r.split(",")[4:] for r in rows]  # noqa: E731
-    assert strip(log_a) == strip(log_b)
+    assert len(log_a) == 3 and strip(log_a) == strip(log_b)
+
+
+def test_signals_ask_the_runner_to_stop_once():
+    """SIGTERM and SIGINT set the runner's stop flag (a second signal would end the
+    process: the default action is back); the handlers in force before are restored."""
+    from bbf_jax.train import _stop_on_signals
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        runner = types.SimpleNamespace(stop_signal=None)  # what the handler sets
+        with _stop_on_signals(runner):
+            os.kill(os.getpid(), signum)
+            time.sleep(0.01)  # the handler runs between bytecodes of this thread
+            assert runner.stop_signal == signum
+            assert signal.getsignal(signal.SIGTERM) == signal.getsignal(signal.SIGINT) \
+                == signal.SIG_DFL
+        assert {s: signal.getsignal(s) for s in before} == before
 
 
 def test_mismatched_checkpoint_is_a_clear_error(uninterrupted, tmp_path):
@@ -147,7 +198,10 @@ def test_mismatched_checkpoint_is_a_clear_error(uninterrupted, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_corrupt_checkpoint_is_a_clear_error(uninterrupted, tmp_path):
+def test_corrupt_checkpoint_is_a_clear_error_and_latest_valid_resumes(uninterrupted, tmp_path):
+    """A corrupt newest checkpoint stops the run with one line; --resume_from latest_valid
+    falls back to the one before (moving the broken one aside) and completes the run as
+    the uninterrupted one did."""
     base_full, _ = uninterrupted
     base = tmp_path / "corrupt"
     import shutil
@@ -160,6 +214,17 @@ def test_corrupt_checkpoint_is_a_clear_error(uninterrupted, tmp_path):
     proc = _train(base)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith(
+        "(--resume_from latest_valid falls back to an older checkpoint)")
+    proc = _train(base, args=("--resume_from", "latest_valid"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "bbf-train: skipping checkpoint 121: checkpoint " in proc.stdout
+    assert "resumed at agent step 120" in proc.stdout  # max_to_keep = 2: 120 and 121
+    assert f"moved checkpoints [121] to {base / 'checkpoints_discarded'}" in proc.stdout
+    assert (base / "checkpoints_discarded" / "121").is_dir()
+    got, want = (json.loads((d / "eval.json").read_text()) for d in (base, base_full))
+    for key in ("returns", "lengths", "grad_steps", "params_sha256"):
+        assert got[key] == want[key], key
 
 
 @pytest.mark.parametrize(

@@ -118,7 +118,6 @@ class AtariEnv:
 
     def __init__(self, game: str, config: EnvConfig | None = None, seed: int = 0):
         self.config = EnvConfig() if config is None else config
-        _check_config(self.config)
         self.game = canonical_game_name(game)
         self._ale = ale_py.ALEInterface()
         self._ale.setInt("random_seed", ale_seed(seed))
@@ -294,16 +293,3 @@ class AtariEnv:
         self.episode_length = int(state["episode_length"])
         self._needs_reset = bool(state["needs_reset"])
 
-
-def _check_config(config: EnvConfig) -> None:
-    if config.frame_skip < 2:
-        raise ValueError(
-            f"EnvConfig.frame_skip must be >= 2 (the observation pools the last two "
-            f"frames), got {config.frame_skip}"
-        )
-    if config.max_noops < 0:
-        raise ValueError(f"EnvConfig.max_noops must be >= 0, got {config.max_noops}")
-    if config.max_steps_per_episode < 1:
-        raise ValueError(
-            f"EnvConfig.max_steps_per_episode must be >= 1, got {config.max_steps_per_episode}"
-        )
