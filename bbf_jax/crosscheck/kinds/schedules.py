@@ -43,6 +43,15 @@ def _steps(table: dict) -> list[int]:
     return [int(k) for k in table]
 
 
+def _whole(fixture: Fixture, value, name: str):
+    """An integer setting that the official code may store as a float (2000.0)."""
+    if value is None:
+        return None
+    if float(value) != int(value):
+        raise FixtureError(f"{fixture.path.name}: {name} = {value!r} is not a whole number")
+    return int(value)
+
+
 def _configs(fixture: Fixture):
     from bbf_jax.config import AgentConfig, ResetConfig
 
@@ -56,12 +65,16 @@ def _configs(fixture: Fixture):
     agent = AgentConfig(
         cycle_steps=int(_field(fixture, "config", "cycle_steps")),
         update_horizon=int(_field(fixture, "config", "update_horizon(final)")),
-        max_update_horizon=cfg.get("max_update_horizon(initial)"),
+        max_update_horizon=_whole(fixture, cfg.get("max_update_horizon(initial)"),
+                                  "max_update_horizon"),
         min_gamma=cfg.get("min_gamma(initial)"),
         gamma=float(_field(fixture, "config", "gamma(final)")),
         target_update_tau=float(_field(fixture, "config", "target_update_tau")),
-        min_replay_history=_field(fixture, "agent_attributes", "min_replay_history"),
-        epsilon_decay_period=_field(fixture, "agent_attributes", "epsilon_decay_period"),
+        min_replay_history=_whole(fixture, _field(fixture, "agent_attributes",
+                                                  "min_replay_history"), "min_replay_history"),
+        epsilon_decay_period=_whole(fixture, _field(fixture, "agent_attributes",
+                                                    "epsilon_decay_period"),
+                                    "epsilon_decay_period"),
         epsilon_train=float(_field(fixture, "agent_attributes", "epsilon_train")),
         epsilon_eval=float(_field(fixture, "epsilon_eval")),
     )
