@@ -82,15 +82,19 @@ def parity():
 # The slowest files (end-to-end runs, multi-device runs) first: with ``--dist loadfile``
 # (pyproject.toml) each file runs on one worker, so its module fixtures run once, and the
 # many short files fill in around the long ones.
-_SLOW_FILES_FIRST = (
+_SLOW_FILES_FIRST = (  # by measured CPU time, largest first
     "test_train_cli.py",
     "test_parallel.py",
-    "test_runner_wiring.py",
-    "test_crosscheck_network_losses.py",
     "test_learner.py",
-    "test_torch_learner.py",
     "test_network.py",
+    "test_sweep.py",
+    "test_runner_wiring.py",
+    "test_torch_learner.py",
+    "test_crosscheck_network_losses.py",
     "test_resets.py",
+    "test_faults.py",
+    "test_torch_learner_small.py",
+    "test_diagnostics.py",
 )
 
 
