@@ -22,6 +22,7 @@ from flax.training.dynamic_scale import DynamicScale
 
 from bbf_jax import augment, distributional, losses, seeds
 from bbf_jax.config import AgentConfig, NetworkConfig
+from bbf_jax.jit_once import jit_once
 from bbf_jax.networks import BBFNetwork, init_params, make_network
 from bbf_jax.optim import make_optimizer
 from bbf_jax.replay.priorities import importance_weights
@@ -172,13 +173,19 @@ class Learner:
         )
 
     # ------------------------------------------------------------------ init
-    @functools.partial(jax.jit, static_argnums=0)
     def init_params(self, key) -> dict:
         """:func:`bbf_jax.networks.init_params` as one jitted program: a fresh process
         would otherwise compile hundreds of initializer ops one by one (seconds), and a
-        jitted program enters the persistent compilation cache. Bit-identical to the
-        eager call (``jax.random``'s samplers are jitted units either way; tested)."""
-        return init_params(self.network, key, use_spr=self.agent.use_spr, jumps=self.agent.jumps)
+        jitted program enters the persistent compilation cache. Compiled with
+        :func:`~bbf_jax.jit_once.jit_once` (it runs once per run and reset).
+        Bit-identical to the eager call (``jax.random``'s samplers are jitted units
+        either way; tested)."""
+        return self._jit_init_params(key)
+
+    @functools.cached_property
+    def _jit_init_params(self):
+        return jit_once(functools.partial(
+            init_params, self.network, use_spr=self.agent.use_spr, jumps=self.agent.jumps))
 
     def init(self, seed: int) -> TrainState:
         """Fresh state from one seed (the official agent's first key split, §11; the

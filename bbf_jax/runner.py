@@ -37,6 +37,7 @@ from bbf_jax.atari_games import human_normalized_score
 from bbf_jax.config import ExperimentConfig, derive
 from bbf_jax.diagnostics import Diagnostics
 from bbf_jax.envs import AtariEnv, FrameStack, clip_reward, evaluate
+from bbf_jax.jit_once import jit_once
 from bbf_jax.learner import HParams, make_learner
 from bbf_jax.replay import BatchPipeline, ReplaySample, SubsequenceReplay, priorities_to_set
 from bbf_jax.report.curves import plot_run_curves
@@ -120,7 +121,7 @@ class Runner:
         self._select = jax.jit(
             lambda params, states, key, eps: select_actions(network, params, states, key, eps)
         )
-        self._reset = jax.jit(lambda s: resets.reset_state(self.learner, s, cfg.reset))
+        self._reset = jit_once(lambda s: resets.reset_state(self.learner, s, cfg.reset))
         self.stack = FrameStack(1, cfg.replay.stack_size)
         # Loop counters (host side).
         self.agent_step = 0

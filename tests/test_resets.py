@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from bbf_jax.config import AgentConfig, NetworkConfig, ResetConfig
+from bbf_jax.jit_once import jit_once
 from bbf_jax.learner import make_learner
 from bbf_jax.optim import make_optimizer
 from bbf_jax.resets import interpolate, kept_keys, reset_state, shrink_perturb
@@ -33,7 +34,7 @@ def reset_result():
                                      state.online)
     old = state.replace(target=target, opt_state=stepped,
                         grad_step=jnp.int32(7), cycle_step=jnp.int32(5))
-    new = jax.jit(lambda s: reset_state(learner, s, ResetConfig()))(old)
+    new = jit_once(lambda s: reset_state(learner, s, ResetConfig()))(old)  # as the runner
     # The documented key use: rng, reset_key = split(rng); k_on, k_tg = split(reset_key).
     rng, reset_key = jax.random.split(old.rng)
     k_on, k_tg = jax.random.split(reset_key)

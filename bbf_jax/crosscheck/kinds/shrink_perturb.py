@@ -87,9 +87,9 @@ def compute(arrays: dict, shrink: float = 0.5, perturb: float = 0.5) -> tuple[di
 
 @functools.cache
 def _jitted_reset():
-    import jax
+    from bbf_jax.jit_once import jit_once
 
-    return jax.jit(_reset_outputs, static_argnums=(0, 1))
+    return jit_once(_reset_outputs, static_argnums=(0, 1))  # as the runner's reset
 
 
 def _reset_outputs(learner, reset_cfg, online, target, key):
