@@ -5,9 +5,11 @@ the 200,000-transition replay), fills the replay with real transitions of a unif
 random policy on the game (ALE frames: what the checkpoint compresses matters) and writes
 the run's own checkpoint (``Runner._save``, asynchronous) at each of ``--points``
 transitions; each row is one checkpoint: transitions held, size on disk, seconds the loop
-was blocked and seconds until committed. No gradient step is taken.
+was blocked and seconds until committed. No gradient step is taken: the Adam moments,
+zeros at initialisation (which compress away), are filled with dense float32 values
+(normal, scale 1e-3) as after training.
 
-  python benchmarks/checkpoint_size.py [--game ChopperCommand] [--points 0 25000 50000 100000]
+  python benchmarks/checkpoint_size.py [--game ChopperCommand] [--points 1 25000 50000 100000]
       [--csv benchmarks/results/checkpoint_size.csv]
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import datetime
 import os
 import pathlib
@@ -29,7 +32,7 @@ import orbax.checkpoint as ocp
 from machine import commit, cpu_name
 
 from bbf_jax import checkpoint as ckpt
-from bbf_jax import gin_utils
+from bbf_jax import gin_utils, parallel
 from bbf_jax.envs import clip_reward
 from bbf_jax.runner import Runner
 
@@ -54,7 +57,7 @@ def add_random_transitions(runner: Runner, count: int, rng: np.random.Generator)
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--game", default=None, help="default: BBF.gin's game")
-    parser.add_argument("--points", type=int, nargs="+", default=[0, 25_000, 50_000, 100_000],
+    parser.add_argument("--points", type=int, nargs="+", default=[1, 25_000, 50_000, 100_000],
                         help="replay transitions at which to checkpoint (increasing)")
     parser.add_argument("--csv", help="append the rows to this CSV file")
     args = parser.parse_args(argv)
@@ -67,11 +70,20 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         runner = Runner(cfg, tmp, progress=False)
         runner._start_episode()
+        rng = np.random.default_rng(0)
+
+        def dense(x):
+            x = np.asarray(x)
+            return (rng.standard_normal(x.shape) * 1e-3).astype(x.dtype) \
+                if x.dtype.kind == "f" else x
+
+        state = jax.device_get(parallel.local_replica(runner.state))
+        state = dataclasses.replace(state, opt_state=jax.tree.map(dense, state.opt_state))
+        runner.state = parallel.replicate(state, runner.mesh)
         model_mb = sum(x.nbytes for x in jax.tree.leaves(jax.device_get(runner.state))) / 1e6
         print(f"{runner.env.game}: train state {model_mb:.1f} MB in memory; replay capacity "
               f"{cfg.replay.capacity:,}", flush=True)
         checkpointer = ckpt.RunCheckpointer(tmp, max_to_keep=1)
-        rng = np.random.default_rng(0)
         fill_s = 0.0
         try:
             for point in args.points:

@@ -102,10 +102,11 @@ class CircularStorage:
         return min(self.add_count, self.length)
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """The written rows of every array (views ``[:rows_written]``, not copies) and
-        ``add_count`` as a 0-d int64 array: a buffer saved before it fills costs only
-        what it holds."""
-        n = self.rows_written
+        """The written rows of every array (views ``[:max(rows_written, 1)]``, not copies)
+        and ``add_count`` as a 0-d int64 array: a buffer saved before it fills costs only
+        what it holds. (An empty store keeps its zero row 0: orbax cannot write zero-size
+        arrays.)"""
+        n = max(self.rows_written, 1)
         state = {name: getattr(self, name)[:n] for name in _FIELDS}
         state["add_count"] = np.asarray(self.add_count, np.int64)
         return state
@@ -116,7 +117,7 @@ class CircularStorage:
         if "add_count" not in state:
             raise KeyError("replay state has no 'add_count'")
         add_count = int(state["add_count"])
-        n = min(add_count, self.length)
+        n = max(min(add_count, self.length), 1)
         for name, dtype in _FIELDS.items():
             if name not in state:
                 raise KeyError(f"replay state has no {name!r} array")
@@ -126,7 +127,7 @@ class CircularStorage:
                 raise ValueError(
                     f"replay state {name!r} is {src.dtype}{list(src.shape)}, this buffer "
                     f"(length {self.length}, {self.n_envs} envs) with add_count {add_count} "
-                    f"needs its {n} written rows: {np.dtype(dtype)}{list(want)}"
+                    f"needs its {n} saved rows: {np.dtype(dtype)}{list(want)}"
                 )
         for name, dtype in _FIELDS.items():
             # A fresh np.zeros store (lazily mapped, like a new buffer's) rather than
