@@ -11,6 +11,15 @@ atomically by ``orbax.checkpoint.CheckpointManager``:
 * ``meta``: JSON with the counters of the loop, numpy generator states and a
   fingerprint (game, seed, operative gin config) that a resumed run must match.
 
+Saves are asynchronous (orbax's async checkpointing): :meth:`RunCheckpointer.save`
+returns once orbax has copied every array (its numpy handler's ``deepcopy_host_arrays``,
+on by default: the replay keeps being written in place, and its saved rows are views),
+and a background thread writes and commits the files, so training goes on during the
+IO. The next save, :meth:`~RunCheckpointer.wait`
+and :meth:`~RunCheckpointer.close` first wait for a pending one; :meth:`~RunCheckpointer.poll`
+reports one that has finished. Each finished save is described by a :class:`SaveReport`
+(size, seconds the caller was blocked, seconds until the checkpoint was committed).
+
 A checkpoint appears under its step's name only once complete: orbax writes into
 ``<step>.orbax-checkpoint-tmp`` and renames it at the end, so a crash or a full disk
 during a save leaves the previous checkpoints as they were (the temporary directory is
@@ -31,7 +40,8 @@ import os
 import pathlib
 import re
 import shutil
-from typing import Any
+import time
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -98,14 +108,40 @@ def tree_to_flat(tree: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
+class SaveReport(NamedTuple):
+    """A finished save: its step, its size on disk in bytes, the seconds
+    :meth:`~RunCheckpointer.save` blocked its caller (copying the arrays, orbax's
+    synchronous part) and the seconds from that call until the checkpoint was committed
+    (its files written, just before its directory takes the step's name)."""
+
+    step: int
+    size_bytes: int
+    blocking_seconds: float
+    total_seconds: float
+
+    def line(self) -> str:
+        return (f"bbf-train: checkpoint {self.step}: {self.size_bytes / 1e6:.1f} MB, "
+                f"{self.blocking_seconds:.2f} s blocking, {self.total_seconds:.2f} s until "
+                "committed")
+
+
 class RunCheckpointer:
-    """Saves and restores run checkpoints under ``base_dir/checkpoints``."""
+    """Saves (asynchronously) and restores run checkpoints under ``base_dir/checkpoints``."""
 
     def __init__(self, base_dir: str | pathlib.Path, max_to_keep: int = 2):
         self.directory = pathlib.Path(base_dir).resolve() / "checkpoints"
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True)
+            max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
+            enable_async_checkpointing=True,
+            async_options=ocp.AsyncOptions(post_finalization_callback=self._committed))
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        # (step, start time, blocking seconds) of the save in flight, if any.
+        self._pending: tuple[int, float, float] | None = None
+        self._committed_at: float | None = None
+
+    def _committed(self) -> None:
+        """Called by orbax's writer thread once every file of the save is written."""
+        self._committed_at = time.perf_counter()
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -128,13 +164,24 @@ class RunCheckpointer:
         self._manager.reload()
         return newer
 
-    def save(self, step: int, train_state, host: dict, meta: dict) -> None:
-        """Writes the checkpoint of ``step`` and waits until it is complete.
+    def save(self, step: int, train_state, host: dict, meta: dict) -> SaveReport | None:
+        """Starts writing the checkpoint of ``step`` and returns once its arrays are
+        copied: the caller may then change them (the replay in place). Waits first for
+        the previous save, whose report it returns (None if there was none).
+
+        Args:
+          step: the agent step, the checkpoint's name.
+          train_state: a pytree of numpy arrays (the same on every process).
+          host: a nested dict of numpy arrays (the same on every process).
+          meta: JSON-serialisable values.
 
         Raises:
-          CheckpointError: it could not be written (e.g. a full disk); the previous
-            checkpoints are intact.
+          CheckpointError: this or the previous save could not be written (e.g. a full
+            disk); the checkpoints before it are intact.
         """
+        previous = self.wait()
+        start = time.perf_counter()
+        self._committed_at = None
         try:
             self._manager.save(
                 step,
@@ -145,13 +192,44 @@ class RunCheckpointer:
                 ),
                 force=True,
             )
-            self._manager.wait_until_finished()
         except Exception as e:  # orbax and tensorstore raise many types (OSError, ValueError)
-            kept = [s for s in self.all_steps() if s != step]
-            raise CheckpointError(
-                f"could not write checkpoint {step} in {self.directory}: {_os_reason(e)}; the "
-                f"newest complete checkpoint ({kept[-1] if kept else 'none'}) is intact"
-            ) from None
+            raise self._write_error(step, e) from None
+        self._pending = (step, start, time.perf_counter() - start)
+        return previous
+
+    def poll(self) -> SaveReport | None:
+        """The report of the pending save if it has finished (else None, at once)."""
+        if self._pending is None or self._manager.is_saving_in_progress():
+            return None
+        return self.wait()
+
+    def wait(self) -> SaveReport | None:
+        """Waits for the pending save and returns its report (None if there was none).
+
+        Raises:
+          CheckpointError: it could not be written; the checkpoints before it are intact.
+        """
+        if self._pending is None:
+            return None
+        step, start, blocking = self._pending
+        self._pending = None
+        try:
+            self._manager.wait_until_finished()
+            self._manager.check_for_errors()
+        except Exception as e:
+            raise self._write_error(step, e) from None
+        # A small checkpoint may be committed before orbax's save call returns.
+        committed = max(self._committed_at or time.perf_counter(), start + blocking)
+        size = sum(p.stat().st_size for p in (self.directory / str(step)).rglob("*")
+                   if p.is_file())
+        return SaveReport(step, size, blocking, committed - start)
+
+    def _write_error(self, step: int, e: Exception) -> CheckpointError:
+        kept = [s for s in self.all_steps() if s != step]
+        return CheckpointError(
+            f"could not write checkpoint {step} in {self.directory}: {_os_reason(e)}; the "
+            f"newest complete checkpoint ({kept[-1] if kept else 'none'}) is intact"
+        )
 
     def restore(self, step: int, abstract_train_state) -> tuple[Any, dict, dict]:
         """Returns ``(train_state, host, meta)`` of ``step``.
@@ -184,8 +262,16 @@ class RunCheckpointer:
             ) from None
         return restored["train_state"], restored["host"], meta
 
-    def close(self) -> None:
-        self._manager.close()
+    def close(self) -> SaveReport | None:
+        """Waits for the pending save (returning its report) and releases orbax's threads.
+
+        Raises:
+          CheckpointError: the pending save could not be written.
+        """
+        try:
+            return self.wait()
+        finally:
+            self._manager.close()
 
 
 RESUME_HINT = " (--resume_from latest_valid falls back to an older checkpoint)"

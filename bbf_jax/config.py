@@ -370,7 +370,10 @@ class RunConfig:
       num_eval_episodes: evaluation episodes, one per parallel env.
       eval_every: agent steps between intermediate evaluations (0: only at the end).
       log_every: agent steps between logged training metrics.
-      checkpoint_every: agent steps between checkpoints (0: only the final one).
+      checkpoint_every: agent steps between checkpoints (0: only the final one); each is
+        written in the background and bounds what a hard kill loses (a preemption loses
+        nothing). 10,000 (as BBF.gin): ten per 100k-step run, the two newest kept (README,
+        "Checkpoints").
       num_devices: data-parallel devices; 0 means all local devices.
       diagnostics_every: gradient steps between plasticity diagnostics (dormant units,
         feature rank, churn, norms; :mod:`bbf_jax.diagnostics`), which also run at the

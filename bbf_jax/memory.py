@@ -3,7 +3,9 @@
 The replay's arrays are allocated lazily (``np.zeros``): a run that does not fit would
 otherwise die of an out-of-memory error once the buffer fills, hours in. ``bbf-train``
 prints :func:`describe` at start-up and refuses (:func:`check_fits`) a configuration whose
-replay and model exceed the memory available.
+replay and model exceed the memory available. The peak counts them twice: a checkpoint is
+written from copies of the replay's written rows and of the model (orbax copies them so
+that training can go on during the write).
 """
 
 from __future__ import annotations
@@ -65,21 +67,30 @@ def available_bytes() -> tuple[int, str]:
     return best if best is not None else (2**63, "unknown")
 
 
+def peak_bytes(cfg: ExperimentConfig, model: int, copies: int) -> int:
+    """Replay and model, plus a copy of both while a checkpoint is written."""
+    return 2 * replay_bytes(cfg) + model * (copies + 1)
+
+
 def describe(cfg: ExperimentConfig, model: int, copies: int) -> str:
     """One line: the replay's and the model's memory."""
     return (f"bbf-train: memory: replay {replay_bytes(cfg) / GIB:.2f} GiB when full "
             f"(ReplayConfig.capacity = {cfg.replay.capacity:,}), model {model / GIB:.3f} GiB "
-            f"(parameters, target and optimizer state) x {copies} in host memory")
+            f"(parameters, target and optimizer state) x {copies} in host memory, "
+            f"{peak_bytes(cfg, model, copies) / GIB:.2f} GiB at most with the copies a "
+            "checkpoint is written from")
 
 
 def check_fits(cfg: ExperimentConfig, model: int, copies: int, available: int,
                source: str) -> None:
-    """Raises ValueError, with the numbers, if replay and model exceed ``available``."""
+    """Raises ValueError, with the numbers, if the peak (:func:`peak_bytes`) exceeds
+    ``available``."""
     replay = replay_bytes(cfg)
-    need = replay + model * copies
+    need = peak_bytes(cfg, model, copies)
     if need > available:
         raise ValueError(
             f"this configuration needs {need / GIB:.2f} GiB of host memory (replay "
             f"{replay / GIB:.2f} GiB for ReplayConfig.capacity = {cfg.replay.capacity:,}, "
-            f"model {model / GIB:.3f} GiB x {copies}) but {available / GIB:.2f} GiB are "
-            f"available ({source}); lower ReplayConfig.capacity or use a larger machine")
+            f"model {model / GIB:.3f} GiB x {copies}, and a copy of both while a checkpoint "
+            f"is written) but {available / GIB:.2f} GiB are available ({source}); lower "
+            "ReplayConfig.capacity or use a larger machine")

@@ -143,6 +143,9 @@ class Runner:
         # current agent step with a checkpoint (:class:`Preempted`).
         self.stop_signal: int | None = None
         self.skipped_updates = 0  # gradient steps dropped by on_nonfinite = 'skip'
+        # Set by :meth:`run`: the checkpointer, and the log of finished saves.
+        self.checkpointer: ckpt.RunCheckpointer | None = None
+        self._checkpoint_log = metrics_io.NullLog()
 
     # --------------------------------------------------------------- setup
     def describe(self) -> str:
@@ -224,6 +227,8 @@ class Runner:
                       f"({self.skipped_updates} skipped so far)", file=sys.stderr, flush=True)
             return
         directory = self.base_dir / "nonfinite"
+        if self.checkpointer is not None:
+            self._saved(self.checkpointer.wait())  # the newest checkpoint, complete
         if self.primary:
             faults.write_nonfinite_report(directory, message, self.agent_step, first, flags,
                                           metrics, indices, self.base_dir / "checkpoints")
@@ -326,7 +331,18 @@ class Runner:
         }
 
     # ---------------------------------------------------------- checkpoints
+    def _saved(self, report: ckpt.SaveReport | None) -> None:
+        """Prints and logs a finished save (process 0)."""
+        if report is None or not self.primary:
+            return
+        print(report.line(), flush=True)
+        self._checkpoint_log.write({"agent_step": report.step,
+                                    "size_bytes": report.size_bytes,
+                                    "blocking_seconds": report.blocking_seconds,
+                                    "total_seconds": report.total_seconds})
+
     def _save(self, checkpointer: ckpt.RunCheckpointer) -> None:
+        """Starts the checkpoint of this agent step (written in the background)."""
         pending = self.pipeline.pending() if self.pipeline is not None else []
         env_state = {k: np.asarray(v) for k, v in self.env.clone_state().items()}
         host = {
@@ -353,9 +369,8 @@ class Runner:
             "diagnostics_after_reset": bool(self.diagnostics and self.diagnostics.after_reset),
             "skipped_updates": self.skipped_updates,
         }
-        checkpointer.save(
-            self.agent_step, jax.device_get(parallel.local_replica(self.state)), host, meta
-        )
+        self._saved(checkpointer.save(
+            self.agent_step, jax.device_get(parallel.local_replica(self.state)), host, meta))
 
     def _restore(self, checkpointer: ckpt.RunCheckpointer, step: int) -> None:
         state, host, meta = checkpointer.restore(
@@ -428,6 +443,7 @@ class Runner:
         if signum:
             if checkpointer.latest_step() != self.agent_step:
                 self._save(checkpointer)
+            self._saved(checkpointer.wait())
             raise faults.Preempted(self.agent_step, signum)
 
     # ------------------------------------------------------------------ run
@@ -440,7 +456,7 @@ class Runner:
         parallel.wait_for_all_processes("bbf_jax_run_start")
         # Every process takes part in each save (orbax synchronises them); the state
         # saved is the same on all.
-        checkpointer = ckpt.RunCheckpointer(self.base_dir)
+        checkpointer = self.checkpointer = ckpt.RunCheckpointer(self.base_dir)
         resumed = self._resume(checkpointer)
         log = metrics_io.CsvLog if self.primary else metrics_io.NullLog
         diag_names = (self.diagnostics.metric_names(parallel.local_replica(self.state.online))
@@ -453,11 +469,15 @@ class Runner:
         episode_log = log(
             self.base_dir / "episodes.csv", ["agent_step", "episode_return", "episode_length"]
         )
+        self._checkpoint_log = log(
+            self.base_dir / "checkpoints.csv",
+            ["agent_step", "size_bytes", "blocking_seconds", "total_seconds"],
+        )
         if resumed is not None:
             if self.primary:
                 print(f"bbf-train: resumed at agent step {self.agent_step}", flush=True)
-            train_log.truncate_after(self.agent_step)
-            episode_log.truncate_after(self.agent_step)
+            for f in (train_log, episode_log, self._checkpoint_log):
+                f.truncate_after(self.agent_step)
         else:
             self._start_episode()
         tb = (metrics_io.TensorBoard if self.primary else metrics_io.NullLog)(
@@ -509,14 +529,18 @@ class Runner:
                     tb.scalars(self.agent_step, {"Eval/AverageReturns": result["mean_return"]})
                 if cfg.run.checkpoint_every and self.agent_step % cfg.run.checkpoint_every == 0:
                     self._save(checkpointer)
+                else:
+                    self._saved(checkpointer.poll())
                 self._stop_if_signalled(checkpointer)
             bar.close()
             if checkpointer.latest_step() != self.agent_step:
                 self._save(checkpointer)
             self._stop_if_signalled(checkpointer)
             if not self.primary:
+                self._saved(checkpointer.wait())
                 return None
-            result = self.evaluate(cfg.run.num_eval_episodes)
+            result = self.evaluate(cfg.run.num_eval_episodes)  # while the checkpoint is written
+            self._saved(checkpointer.wait())
             result["verdict"] = verdict_for_run(result, cfg, self.progress)
             tb.scalars(self.agent_step, {"Eval/AverageReturns": result["mean_return"],
                                          "Eval/NormalizedScore": result["human_normalized_score"]})
@@ -530,4 +554,5 @@ class Runner:
             tb.close()
             if self.pipeline is not None:
                 self.pipeline.close()
-            checkpointer.close()
+            self.checkpointer = None
+            self._saved(checkpointer.close())

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -81,8 +83,8 @@ def test_smoke_run_writes_results(uninterrupted):
     assert "2 device(s)" in proc.stdout
     # 1,000 transitions of 7,066 bytes and a sum tree of 2,047 nodes of 12 bytes.
     assert "bbf-train: memory: replay 0.01 GiB when full (ReplayConfig.capacity = 1,000), " \
-        "model 0.001 GiB (parameters, target and optimizer state) x 2 in host memory" \
-        in proc.stdout
+        "model 0.001 GiB (parameters, target and optimizer state) x 2 in host memory, " \
+        "0.02 GiB at most with the copies a checkpoint is written from" in proc.stdout
     assert result["agent_steps"] == 121  # the official loop runs num_train_steps + 1 steps
     # Training from add_count > 80: steps 81..120, 2 gradient steps each.
     assert result["grad_steps"] == 2 * 40
@@ -104,6 +106,25 @@ def test_smoke_run_writes_results(uninterrupted):
     assert verdict["random_policy"]["episodes"] == 2 and verdict["official"] is None
     assert f"verdict: Breakout seed 0, 121 agent steps: {verdict['label']}" in proc.stdout
     assert (base / "curves.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    # Each checkpoint (periodic at 60 and 120, final at 121; written in the background) is
+    # reported once committed: on stdout and in checkpoints.csv, with its size on disk.
+    with (base / "checkpoints.csv").open() as f:
+        saves = list(csv.DictReader(f))
+    assert [int(r["agent_step"]) for r in saves] == [60, 120, 121]
+    for r in saves:
+        step_dir = base / "checkpoints" / r["agent_step"]  # the two newest are kept
+        if r["agent_step"] != "60":
+            size = sum(p.stat().st_size for p in step_dir.rglob("*") if p.is_file())
+            assert int(r["size_bytes"]) == size
+        blocking, total = float(r["blocking_seconds"]), float(r["total_seconds"])
+        assert 0 < blocking <= total
+        line = re.search(rf"^bbf-train: checkpoint {r['agent_step']}: ([\d.]+) MB, "
+                         r"([\d.]+) s blocking, ([\d.]+) s until committed$", proc.stdout,
+                         re.MULTILINE)
+        assert line[1] == f"{int(r['size_bytes']) / 1e6:.1f}", line[0]
+        # The line rounds to 0.01 s, the CSV to 7 significant digits.
+        assert abs(float(line[2]) - blocking) <= 0.005 + 1e-6 * blocking, line[0]
+        assert abs(float(line[3]) - total) <= 0.005 + 1e-6 * total, line[0]
 
 
 def _wait_for(path, proc, predicate=lambda p: p.exists(), timeout=400):

@@ -311,7 +311,8 @@ class SubsequenceReplay:
     def state_dict(self) -> dict[str, np.ndarray]:
         """Complete buffer state as a flat dict of arrays (no pickle; arrays shared).
 
-        Keys: ``storage/*`` (frames, actions, rewards, terminals, episode ends, add_count),
+        Keys: ``storage/*`` (the written rows of frames, actions, rewards, terminals and
+        episode ends, and add_count: :meth:`CircularStorage.state_dict`),
         ``sum_tree/*`` (prioritized only), ``rng`` (0-d bytes, JSON of the Generator's
         bit-generator state) and ``config`` (0-d bytes, JSON of the settings that shape
         the stored arrays: capacity, n_envs, stack_size, prioritized, frame_shape).

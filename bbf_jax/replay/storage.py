@@ -94,29 +94,48 @@ class CircularStorage:
         self.add_count += 1
         return row
 
+    @property
+    def rows_written(self) -> int:
+        """Rows holding transitions: ``min(add_count, L)``. Row ``t`` is written by add
+        number ``t`` (then ``t + L``, ...), so they are rows ``0 .. rows_written - 1``;
+        the rest of the store is still zero."""
+        return min(self.add_count, self.length)
+
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Arrays (shared, not copied) and ``add_count`` as a 0-d int64 array."""
-        state = {name: getattr(self, name) for name in _FIELDS}
+        """The written rows of every array (views ``[:max(rows_written, 1)]``, not copies)
+        and ``add_count`` as a 0-d int64 array: a buffer saved before it fills costs only
+        what it holds. (An empty store keeps its zero row 0: orbax cannot write zero-size
+        arrays.)"""
+        n = max(self.rows_written, 1)
+        state = {name: getattr(self, name)[:n] for name in _FIELDS}
         state["add_count"] = np.asarray(self.add_count, np.int64)
         return state
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restores :meth:`state_dict` output into new arrays: the written rows, and zeros
+        after them, so the whole store is as it was, bit for bit."""
+        if "add_count" not in state:
+            raise KeyError("replay state has no 'add_count'")
+        add_count = int(state["add_count"])
+        n = max(min(add_count, self.length), 1)
         for name, dtype in _FIELDS.items():
             if name not in state:
                 raise KeyError(f"replay state has no {name!r} array")
             src = np.asarray(state[name])
-            dst = getattr(self, name)
-            if src.shape != dst.shape or src.dtype != dtype:
+            want = (n,) + getattr(self, name).shape[1:]
+            if src.shape != want or src.dtype != dtype:
                 raise ValueError(
                     f"replay state {name!r} is {src.dtype}{list(src.shape)}, this buffer "
-                    f"(length {self.length}, {self.n_envs} envs) needs "
-                    f"{np.dtype(dtype)}{list(dst.shape)}"
+                    f"(length {self.length}, {self.n_envs} envs) with add_count {add_count} "
+                    f"needs its {n} saved rows: {np.dtype(dtype)}{list(want)}"
                 )
-        if "add_count" not in state:
-            raise KeyError("replay state has no 'add_count'")
-        for name in _FIELDS:
-            np.copyto(getattr(self, name), state[name])
-        self.add_count = int(state["add_count"])
+        for name, dtype in _FIELDS.items():
+            # A fresh np.zeros store (lazily mapped, like a new buffer's) rather than
+            # zeroing the old one's tail, which would touch every page.
+            store = np.zeros(getattr(self, name).shape, dtype)
+            store[:n] = state[name]
+            setattr(self, name, store)
+        self.add_count = add_count
 
 
 def _vector(name: str, x, n: int) -> np.ndarray:
