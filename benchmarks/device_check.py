@@ -32,8 +32,14 @@ in one line (exit status 2). Then, on JAX's default device:
     numbers, and one CSV row per configuration appended to
     ``benchmarks/results/device_check.csv`` (date, commit, device, versions, load).
 
-``--cpu-smoke``: IMPALA width 1/4, hidden 64, B = 4, G = 2, float32, 1 and 2 seeds; the
-real run 60 agent steps with ``min_replay_history`` 40.
+Compiled programs go to bbf-train's persistent compilation cache (``bbf_jax.caches``), so
+that (b) reuses (a)'s program and a second invocation compiles nothing;
+``compile_cached`` says whether a program came from that cache
+(``BBF_JAX_COMPILATION_CACHE=off`` times every compilation).
+
+``--cpu-smoke``: smoke.gin (IMPALA width 1/4, hidden 64, B = 4, G = 2; Breakout),
+float32, 1 and 2 seeds, one timed dispatch; the real run 42 agent steps with
+``min_replay_history`` 30.
 """
 
 from __future__ import annotations
