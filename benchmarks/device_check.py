@@ -335,7 +335,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="tiny network and few steps, the same code path (CI)")
-    parser.add_argument("--csv", default=str(RESULTS), help="append the rows here ('' = no)")
+    parser.add_argument("--csv", default=str(RESULTS), help="append the rows to this CSV")
     args = parser.parse_args(argv)
     missing = missing_packages()
     if missing:
@@ -389,8 +389,7 @@ def main(argv=None) -> int:
     for r in run_rows:
         if r["status"] != "ok":
             print(f"{r['seeds']} seeds: {r['status']}")
-    if args.csv:
-        append_csv(pathlib.Path(args.csv), train_rows + run_rows)
+    append_csv(pathlib.Path(args.csv), train_rows + run_rows)
     print("\n".join(headlines(train_rows, run_rows)))
     print(f"device_check_total_s: {time.perf_counter() - started:.1f}")
     return 0
