@@ -17,7 +17,8 @@ in one line (exit status 2). Then, on JAX's default device:
     the wall time of one gradient step of all seeds together. ``gflop_per_step`` is
     XLA's cost analysis of the compiled program (``lower(...).compile().cost_analysis()``)
     per seed: the analysis counts the scan's body once (as the lowered program's count
-    does, which this checks); ``tflop_per_s`` = gflop_per_step * seeds * G / dispatch.
+    does; a row whose two counts differ by over 25% says so in its status);
+    ``tflop_per_s`` = gflop_per_step * seeds * G / dispatch.
 (b) Real run. 3,000 agent steps of BBF.gin on Pong with ``min_replay_history`` 1,000
     through the real :class:`~bbf_jax.runner.Runner` (emulator, replay, prefetcher, act
     and train dispatches; no logs, checkpoints or evaluation). The steps up to
@@ -201,11 +202,11 @@ def measure_train_step(cfg, num_actions: int, initial: list, dtype: str, group: 
     cached = "yes" if cache_hits.count > hits else "no"
     flops = float(compiled.cost_analysis().get("flops", float("nan")))
     # Both analyses count a loop body once; the lowered program's count (before XLA's
-    # optimisations) checks that the compiled one still does.
+    # optimisations) checks the compiled one (a backend that counts differently, e.g. a
+    # loop's every trip, is reported in the row's status rather than stopping the run).
     lowered_flops = float(lowered.cost_analysis().get("flops", float("nan")))
-    if not 0.8 < flops / lowered_flops < 1.25:
-        raise RuntimeError(f"XLA's cost analysis of the compiled program ({flops:.4g} FLOP) "
-                           f"disagrees with the lowered program's ({lowered_flops:.4g})")
+    status = "ok" if 0.8 < flops / lowered_flops < 1.25 else (
+        f"check gflop: the lowered program counts {lowered_flops / seeds / 1e9:.2f} per seed")
     gflop = flops / seeds / 1e9
 
     state, metrics = compiled(state, batch, hparams)  # warm-up: allocations, caches
@@ -220,7 +221,7 @@ def measure_train_step(cfg, num_actions: int, initial: list, dtype: str, group: 
         raise FloatingPointError(f"non-finite loss: {dtype}, G={group}, {seeds} seeds")
     dispatch_ms = float(np.median(times)) * 1e3
     return dict(part="train_step", params=params, dtype=dtype, G=group, batch_size=b,
-                seeds=seeds, status="ok", compile_s=f"{compile_s:.2f}", compile_cached=cached,
+                seeds=seeds, status=status, compile_s=f"{compile_s:.2f}", compile_cached=cached,
                 dispatch_ms=f"{dispatch_ms:.2f}", step_ms=f"{dispatch_ms / group:.3f}",
                 gflop_per_step=f"{gflop:.2f}",
                 tflop_per_s=f"{gflop * seeds * group / dispatch_ms:.4f}")
@@ -376,6 +377,8 @@ def main(argv=None) -> int:
                 row.update(common, load_avg_1min=f"{os.getloadavg()[0]:.2f}")
                 train_rows.append(row)
                 print("  ".join(f"{row[c]!s:>17}" for c in TRAIN_COLUMNS), flush=True)
+                if row["status"] != "ok":
+                    print(f"{'':>17}  {row['status']}", flush=True)
 
     del initial
     print(f"(b) real run: {cfg.run.num_train_steps:,} agent steps of {cfg.env.game}, "
