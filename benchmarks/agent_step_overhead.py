@@ -62,13 +62,16 @@ CONFIG = ROOT / "gin_configs" / "smoke.gin"
 
 
 class Timers:
-    """Wall seconds spent in wrapped callables, per name."""
+    """Wall seconds spent in wrapped callables, and their calls, per name."""
 
     def __init__(self):
         self.seconds = collections.defaultdict(float)
+        self.calls = collections.defaultdict(int)
+        self._wrapped = []
 
     def wrap(self, obj, attr: str, name: str) -> None:
         fn = getattr(obj, attr)
+        self._wrapped.append((obj, attr, attr in vars(obj), fn))
 
         def timed(*args, **kwargs):
             t0 = time.perf_counter()
@@ -76,8 +79,18 @@ class Timers:
                 return fn(*args, **kwargs)
             finally:
                 self.seconds[name] += time.perf_counter() - t0
+                self.calls[name] += 1
 
         setattr(obj, attr, timed)
+
+    def unwrap(self) -> None:
+        """Puts every wrapped callable back (methods: the class's again)."""
+        for obj, attr, own, fn in reversed(self._wrapped):
+            if own:
+                setattr(obj, attr, fn)
+            else:
+                delattr(obj, attr)
+        self._wrapped = []
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -103,43 +116,7 @@ def main(argv=None) -> int:
     while run.agent_step < warm:
         run.step()
 
-    timers = Timers()
-    timers.wrap(run.env, "step", "env")
-    timers.wrap(run.env, "reset", "env")
-    timers.wrap(run.replay, "add", "replay add")
-    timers.wrap(run, "_select", "act dispatch")
-    timers.wrap(run, "_act", "act")
-    timers.wrap(parallel, "all_rows", "wait: train")
-    timers.wrap(run, "_train_once", "train")
-    timers.wrap(run, "train_fn", "train dispatch")
-    timers.wrap(run.replay, "sample", "sample")
-    sync = run.pipeline.sync
-    timers.wrap(run.pipeline, "sync", "wait: prefetch")
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        run.step()
-    total = time.perf_counter() - t0
-    run.pipeline.sync = sync  # the final sync is not part of the steps
-    run.pipeline.sync()
-    ms = {k: v / args.steps * 1e3 for k, v in timers.seconds.items()}
-    total_ms = total / args.steps * 1e3
-    wait_act = ms["act"] - ms["act dispatch"]
-    host_train = (ms["train"] - ms["wait: train"] - ms["train dispatch"]
-                  - ms["wait: prefetch"])
-    rows = [
-        ("env", ms["env"]),
-        ("replay add", ms["replay add"]),
-        ("act dispatch", ms["act dispatch"]),
-        ("train dispatch", ms["train dispatch"]),
-        ("wait: prefetch", ms["wait: prefetch"]),
-        ("train host", host_train),
-        ("other Python", total_ms - ms["env"] - ms["replay add"] - ms["act"] - ms["train"]),
-        ("host total", total_ms - ms["wait: train"] - wait_act - ms["wait: prefetch"]),
-        ("wait: train", ms["wait: train"]),
-        ("wait: act", wait_act),
-        ("agent step (wall)", total_ms),
-        ("sample (prefetch thread)", ms["sample"]),
-    ]
+    rows = time_agent_steps(run, args.steps)[0]
     fused = fusion_timings(run, jnp.float32(0.01), args.pairs)
     rows += [
         ("act round trip", fused["act"]),
@@ -159,6 +136,49 @@ def main(argv=None) -> int:
     if args.csv:
         write_csv(pathlib.Path(args.csv), rows, args.steps, load)
     return 0
+
+
+def time_agent_steps(run: Runner, steps: int) -> tuple[list[tuple[str, float]], Timers]:
+    """Runs ``steps`` agent steps of ``run`` with its functions wrapped by timers (put
+    back afterwards); returns the rows of the table above (name, ms per agent step) and
+    the timers (seconds and calls per name)."""
+    timers = Timers()
+    timers.wrap(run.env, "step", "env")
+    timers.wrap(run.env, "reset", "env")
+    timers.wrap(run.replay, "add", "replay add")
+    timers.wrap(run, "_select", "act dispatch")
+    timers.wrap(run, "_act", "act")
+    timers.wrap(parallel, "all_rows", "wait: train")
+    timers.wrap(run, "_train_once", "train")
+    timers.wrap(run, "train_fn", "train dispatch")
+    timers.wrap(run.replay, "sample", "sample")
+    timers.wrap(run.pipeline, "sync", "wait: prefetch")
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        run.step()
+    total = time.perf_counter() - t0
+    timers.unwrap()
+    run.pipeline.sync()  # the final sync is not part of the steps
+    ms = {k: v / steps * 1e3 for k, v in timers.seconds.items()}
+    total_ms = total / steps * 1e3
+    wait_act = ms["act"] - ms["act dispatch"]
+    host_train = (ms["train"] - ms["wait: train"] - ms["train dispatch"]
+                  - ms["wait: prefetch"])
+    rows = [
+        ("env", ms["env"]),
+        ("replay add", ms["replay add"]),
+        ("act dispatch", ms["act dispatch"]),
+        ("train dispatch", ms["train dispatch"]),
+        ("wait: prefetch", ms["wait: prefetch"]),
+        ("train host", host_train),
+        ("other Python", total_ms - ms["env"] - ms["replay add"] - ms["act"] - ms["train"]),
+        ("host total", total_ms - ms["wait: train"] - wait_act - ms["wait: prefetch"]),
+        ("wait: train", ms["wait: train"]),
+        ("wait: act", wait_act),
+        ("agent step (wall)", total_ms),
+        ("sample (prefetch thread)", ms["sample"]),
+    ]
+    return rows, timers
 
 
 def fusion_timings(run: Runner, eps, pairs: int) -> dict:

@@ -1,4 +1,4 @@
-"""What a benchmark row records about where it ran: CPU model and git commit."""
+"""What a benchmark row records about where it ran: device, CPU model and git commit."""
 
 from __future__ import annotations
 
@@ -26,3 +26,11 @@ def commit() -> str:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def device_name() -> str:
+    """JAX's first device kind, with the CPU model on the CPU backend."""
+    import jax
+
+    kind = jax.devices()[0].device_kind
+    return f"{kind} ({cpu_name()})" if jax.default_backend() == "cpu" else kind

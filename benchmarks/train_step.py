@@ -42,7 +42,7 @@ import pathlib
 import sys
 import time
 
-from machine import commit, cpu_name
+from machine import commit, device_name
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "train_step.csv"
 DIAG_RESULTS = RESULTS.parent / "diagnostics.csv"
@@ -110,7 +110,7 @@ def parse_args(argv):
     return args
 
 
-def random_sample(n: int, seq_len: int, seed: int = SEED):
+def random_sample(n: int, seq_len: int, seed: int = SEED, num_actions: int = NUM_ACTIONS):
     """A replay group of ``n`` random subsequences (the layout the replay returns)."""
     import numpy as np
 
@@ -120,7 +120,7 @@ def random_sample(n: int, seq_len: int, seed: int = SEED):
     return ReplaySample(
         frames=rng.integers(0, 256, (n, seq_len + 7, 84, 84), dtype=np.uint8),
         stack_mask=np.ones((n, seq_len + 1, 4), bool),
-        action=rng.integers(0, NUM_ACTIONS, (n, seq_len)).astype(np.int32),
+        action=rng.integers(0, num_actions, (n, seq_len)).astype(np.int32),
         returns=rng.normal(size=n).astype(np.float32),
         discount=np.full(n, 0.997**3, np.float32),
         terminal=(rng.random(n) < 0.05).astype(np.float32),
@@ -259,8 +259,7 @@ def main(argv=None) -> None:
     devices = args.devices or [d for d in (1, 2, 4, 8, 16) if d <= local]
     if max(devices) > local:
         raise SystemExit(f"--devices {max(devices)} > {local} local devices")
-    kind = jax.devices()[0].device_kind
-    device = f"{kind} ({cpu_name()})" if jax.default_backend() == "cpu" else kind
+    device = device_name()
     common = dict(
         date=datetime.date.today().isoformat(),
         commit=commit(),
