@@ -65,21 +65,29 @@ def available_bytes() -> tuple[int, str]:
     return best if best is not None else (2**63, "unknown")
 
 
+def _runs(cfg: ExperimentConfig) -> int:
+    """Runs of the process: one per seed of ``RunConfig.seeds``, else one."""
+    return len(cfg.run.seeds) or 1
+
+
 def describe(cfg: ExperimentConfig, model: int, copies: int) -> str:
     """One line: the replay's and the model's memory."""
+    each = f", each of {_runs(cfg)} seeds" if cfg.run.seeds else ""
     return (f"bbf-train: memory: replay {replay_bytes(cfg) / GIB:.2f} GiB when full "
             f"(ReplayConfig.capacity = {cfg.replay.capacity:,}), model {model / GIB:.3f} GiB "
-            f"(parameters, target and optimizer state) x {copies} in host memory")
+            f"(parameters, target and optimizer state) x {copies} in host memory{each}")
 
 
 def check_fits(cfg: ExperimentConfig, model: int, copies: int, available: int,
                source: str) -> None:
-    """Raises ValueError, with the numbers, if replay and model exceed ``available``."""
+    """Raises ValueError, with the numbers, if replay and model (of every seed of
+    ``RunConfig.seeds``) exceed ``available``."""
     replay = replay_bytes(cfg)
-    need = replay + model * copies
+    need = (replay + model * copies) * _runs(cfg)
+    seeds = f", for each of {_runs(cfg)} seeds" if cfg.run.seeds else ""
     if need > available:
         raise ValueError(
             f"this configuration needs {need / GIB:.2f} GiB of host memory (replay "
             f"{replay / GIB:.2f} GiB for ReplayConfig.capacity = {cfg.replay.capacity:,}, "
-            f"model {model / GIB:.3f} GiB x {copies}) but {available / GIB:.2f} GiB are "
+            f"model {model / GIB:.3f} GiB x {copies}{seeds}) but {available / GIB:.2f} GiB are "
             f"available ({source}); lower ReplayConfig.capacity or use a larger machine")
