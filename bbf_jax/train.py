@@ -72,6 +72,10 @@ def _fail(message: str) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.seeds is not None and args.coordinator_address:
+        return _fail("--seeds with --coordinator_address is not supported: a group of seeds "
+                     "runs in one process (RunConfig.num_devices splits every minibatch over "
+                     "its devices)")
     from bbf_jax import parallel
 
     # Must precede every other JAX call.
@@ -88,10 +92,6 @@ def main(argv=None) -> int:
 
     caches.enable_compilation_cache()  # before the first compilation
     if args.seeds is not None:
-        if args.coordinator_address:
-            return _fail("--seeds with --coordinator_address is not supported: a group of "
-                         "seeds runs in one process (RunConfig.num_devices splits every "
-                         "minibatch over its devices)")
         bindings = [*args.gin_bindings, f"RunConfig.seeds = ({', '.join(map(str, args.seeds))},)"]
     else:  # --seed overrides the gin files' RunConfig.seeds too
         bindings = [*args.gin_bindings, f"RunConfig.seed = {args.seed}", "RunConfig.seeds = ()"]
