@@ -12,7 +12,10 @@ events under ``tb/``, checkpoints under ``checkpoints/`` and, at the end, ``eval
 (with the verdict, also printed) and ``curves.png``. Compiled programs are cached on disk
 (``bbf_jax.caches``: ``$BBF_JAX_COMPILATION_CACHE`` moves the cache or turns it off).
 A multi-process job (``--coordinator_address``) shares one ``--base_dir``: all processes
-write the checkpoints, process 0 everything else.
+write the checkpoints, process 0 everything else. ``--seeds 0 1 2 3`` instead of
+``--seed`` trains those seeds' runs together in this process
+(:mod:`bbf_jax.seed_group`), seed ``s`` writing ``base_dir/seed_<s>/`` as the single run
+of seed ``s`` would.
 
 Exit status: 0 done; 2 bad input (configuration, paths, an unusable checkpoint), with one
 error line; 3 a non-finite loss or gradient norm with ``RunConfig.on_nonfinite = 'stop'``
