@@ -127,3 +127,20 @@ def test_the_comparison_rejects_a_mixed_up_seed(trained):
                                 if k.startswith("state.online")})
     with pytest.raises(AssertionError, match="online"):
         _assert_trees_close(separate[0], mixed, "seed 1 as seed 0")
+
+
+def test_a_seed_of_a_group_is_its_single_run():
+    """Seed s of a group is configured, fingerprinted and placed as its single run, so
+    its checkpoints resume with ``--seed s`` too."""
+    import pathlib
+
+    from bbf_jax.config import ExperimentConfig, RunConfig
+    from bbf_jax.runner import fingerprint
+    from bbf_jax.seed_group import member_config, seed_dir
+
+    group = ExperimentConfig(run=RunConfig(seed=3, seeds=(3, 5), log_every=7))
+    single = ExperimentConfig(run=RunConfig(seed=5, log_every=7))
+    assert member_config(group, 5) == single
+    assert fingerprint(member_config(group, 5)) == fingerprint(single)
+    assert fingerprint(member_config(group, 3)) != fingerprint(single)
+    assert seed_dir("runs/x", 5) == pathlib.Path("runs/x/seed_5")
