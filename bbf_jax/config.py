@@ -28,8 +28,8 @@ class Check:
 
     Attributes:
       kind: 'int' (a Python int, not a bool), 'number' (a finite int or float, not a
-        bool), 'bool', 'str' (non-empty), 'choice' (one of ``choices``) or 'choices'
-        (a tuple of them).
+        bool), 'bool', 'str' (non-empty), 'choice' (one of ``choices``), 'choices'
+        (a tuple of them) or 'ints' (a tuple of 'int's within the bounds).
       lo, hi: inclusive bounds of an int or number (None: unbounded).
       lo_open: ``lo`` itself is excluded (``> lo``).
       hi_open: ``hi`` itself is excluded (``< hi``).
@@ -57,6 +57,9 @@ class Check:
         if self.kind == "choices":
             return isinstance(v, tuple) and all(
                 isinstance(x, str) and x in self.choices for x in v)
+        if self.kind == "ints":
+            item = dataclasses.replace(self, kind="int")
+            return isinstance(v, tuple) and all(item.allows(x) for x in v)
         ok_type = int if self.kind == "int" else (int, float)
         if isinstance(v, bool) or not isinstance(v, ok_type) or not math.isfinite(v):
             return False
@@ -73,6 +76,9 @@ class Check:
             text = f"one of {list(self.choices)}"
         elif self.kind == "choices":
             text = f"a tuple of values from {list(self.choices)}"
+        elif self.kind == "ints":
+            item = dataclasses.replace(self, kind="int").describe()
+            text = "a tuple of " + item.replace("an integer", "distinct integers", 1)
         else:
             text = "an integer" if self.kind == "int" else "a number"
             lo, hi = (_fmt(b) for b in (self.lo, self.hi))
@@ -383,6 +389,10 @@ class RunConfig:
       on_nonfinite: what a non-finite loss or gradient norm does: 'stop' (the run ends
         with a diagnostic directory, ``base_dir/nonfinite/``) or 'skip' (the update is
         dropped: parameters and optimizer state stay as they were).
+      seeds: () (default): one run, of ``seed``. Distinct seeds: one run per seed, all
+        trained in one process (:class:`~bbf_jax.seed_group.SeedGroup`: one vmapped
+        dispatch and one vmapped act per agent step), each computing its single run of
+        ``seed = s`` in ``base_dir/seed_<s>/``; ``seed`` is then unused.
     """
 
     seed: int = _f(0, "int", lo=0, hi=2**32, hi_open=True)
@@ -394,9 +404,12 @@ class RunConfig:
     num_devices: int = _count(1)
     diagnostics_every: int = _count(1000)
     on_nonfinite: str = _choice("stop", "stop", "skip")
+    seeds: tuple = _f((), "ints", lo=0, hi=2**32, hi_open=True)
 
     def __post_init__(self):
         validate(self)
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"RunConfig.seeds must be distinct, got {self.seeds!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -68,29 +68,37 @@ def available_bytes() -> tuple[int, str]:
 
 
 def peak_bytes(cfg: ExperimentConfig, model: int, copies: int) -> int:
-    """Replay and model, plus a copy of both while a checkpoint is written."""
-    return 2 * replay_bytes(cfg) + model * (copies + 1)
+    """Replay and model, plus a copy of both while a checkpoint is written, for every run
+    of the process (:func:`_runs`)."""
+    return (2 * replay_bytes(cfg) + model * (copies + 1)) * _runs(cfg)
+
+
+def _runs(cfg: ExperimentConfig) -> int:
+    """Runs of the process: one per seed of ``RunConfig.seeds``, else one."""
+    return len(cfg.run.seeds) or 1
 
 
 def describe(cfg: ExperimentConfig, model: int, copies: int) -> str:
     """One line: the replay's and the model's memory."""
+    each = f", each of {_runs(cfg)} seeds" if cfg.run.seeds else ""
     return (f"bbf-train: memory: replay {replay_bytes(cfg) / GIB:.2f} GiB when full "
             f"(ReplayConfig.capacity = {cfg.replay.capacity:,}), model {model / GIB:.3f} GiB "
-            f"(parameters, target and optimizer state) x {copies} in host memory, "
+            f"(parameters, target and optimizer state) x {copies} in host memory{each}, "
             f"{peak_bytes(cfg, model, copies) / GIB:.2f} GiB at most with the copies a "
             "checkpoint is written from")
 
 
 def check_fits(cfg: ExperimentConfig, model: int, copies: int, available: int,
                source: str) -> None:
-    """Raises ValueError, with the numbers, if the peak (:func:`peak_bytes`) exceeds
-    ``available``."""
+    """Raises ValueError, with the numbers, if the peak (:func:`peak_bytes`, every seed of
+    ``RunConfig.seeds``) exceeds ``available``."""
     replay = replay_bytes(cfg)
     need = peak_bytes(cfg, model, copies)
+    seeds = f", for each of {_runs(cfg)} seeds" if cfg.run.seeds else ""
     if need > available:
         raise ValueError(
             f"this configuration needs {need / GIB:.2f} GiB of host memory (replay "
             f"{replay / GIB:.2f} GiB for ReplayConfig.capacity = {cfg.replay.capacity:,}, "
             f"model {model / GIB:.3f} GiB x {copies}, and a copy of both while a checkpoint "
-            f"is written) but {available / GIB:.2f} GiB are available ({source}); lower "
+            f"is written{seeds}) but {available / GIB:.2f} GiB are available ({source}); lower "
             "ReplayConfig.capacity or use a larger machine")

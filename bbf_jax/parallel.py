@@ -228,6 +228,33 @@ def make_parallel_train_steps(learner: Learner, mesh: Mesh) -> Callable:
     )
 
 
+def make_group_train_steps(learner: Learner, mesh: Mesh) -> Callable:
+    """Jitted :meth:`~bbf_jax.learner.Learner.train_steps` of N seeds in one dispatch.
+
+    ``fn(states, batches, hparams) -> (states, metrics)``: ``states`` is N train states
+    stacked on a leading axis (replicated); ``batches`` a tuple of N ``(G, B, ...)``
+    groups, each placed as by :func:`shard_batch` (the replay pipelines copy them to the
+    device in the background; they are stacked inside the program); ``hparams`` shared.
+    The step is ``jax.vmap``-ed over the seeds, so on a mesh each device computes its
+    rows of every seed's minibatches. Metrics come back with a leading N axis. Seed k's
+    result is its single run's step up to float rounding: batching changes XLA's
+    kernels and their summation order.
+    """
+    check_batch_size(learner.agent.batch_size, mesh)
+    donate = () if jax.default_backend() == "cpu" else (0,)
+    step = jax.vmap(learner.train_steps, in_axes=(0, 0, None))
+
+    def train(states, batches, hparams):
+        return step(states, jax.tree.map(lambda *x: jax.numpy.stack(x), *batches), hparams)
+
+    return jax.jit(
+        train,
+        in_shardings=(replicated(mesh), batch_sharding(mesh), replicated(mesh)),
+        out_shardings=(replicated(mesh), None),
+        donate_argnums=donate,
+    )
+
+
 # ------------------------------------------------------------------ host access
 def local_replica(tree):
     """This process's copy of a replicated tree (e.g. parameters to act with).

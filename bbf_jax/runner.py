@@ -49,10 +49,10 @@ SCALAR_METRICS = ("TotalLoss", "DQNLoss", "TDError", "SPRLoss", "GradNorm", "PNo
 
 def fingerprint(cfg: ExperimentConfig) -> dict:
     """What a resumed run must share with its checkpoint (budgets, intervals and the
-    non-finite policy may change)."""
+    non-finite policy may change; a seed of a group shares it with its single run)."""
     run = dataclasses.asdict(cfg.run)
     for k in ("num_train_steps", "num_eval_episodes", "eval_every", "log_every",
-              "checkpoint_every", "diagnostics_every", "on_nonfinite"):
+              "checkpoint_every", "diagnostics_every", "on_nonfinite", "seeds"):
         run.pop(k)
     fp = {name: dataclasses.asdict(getattr(cfg, name))
           for name in ("network", "agent", "reset", "replay", "env")}
@@ -146,6 +146,7 @@ class Runner:
         # Set by :meth:`run`: the checkpointer, and the log of finished saves.
         self.checkpointer: ckpt.RunCheckpointer | None = None
         self._checkpoint_log = metrics_io.NullLog()
+        self.bar = self.tb = None  # progress bar and TensorBoard writer while running
 
     # --------------------------------------------------------------- setup
     def describe(self) -> str:
@@ -182,21 +183,44 @@ class Runner:
             self.cycle_step, a
         )
 
+    def _train_due(self, i: int) -> bool:
+        """Whether agent step ``i`` trains (the official test)."""
+        return (self.replay.add_count > self.cfg.agent.min_replay_history
+                and i % self.derived.update_period == 0)
+
     def _train_once(self) -> None:
         pipeline = self._pipeline()
         batch, indices = pipeline.get(*self._schedule())
-        diag = self.diagnostics
-        before = None
-        if diag is not None and diag.due(self.grad_steps):
-            before = diag.snapshot(parallel.local_replica(self.state.online))
+        before = self._diagnostics_before()
         self.state, metrics = self.train_fn(self.state, batch, self.hparams)
+        self._advance()
+        per_sample = parallel.all_rows(metrics.pop("dqn_loss_per_sample"))
+        metrics = jax.device_get(parallel.local_replica(metrics))
+        self._record(metrics, per_sample, indices, before)
+
+    def _diagnostics_before(self):
+        """The diagnostics' snapshot before a dispatch that ends at a diagnostic, else None."""
+        diag = self.diagnostics
+        if diag is not None and diag.due(self.grad_steps):
+            return diag.snapshot(parallel.local_replica(self.state.online))
+        return None
+
+    def _advance(self) -> None:
+        """Counts a dispatch and starts sampling the next group (drawn while the device
+        computes)."""
         g = self.derived.batches_to_group
         self.grad_steps += g
         self.cycle_step += g
-        pipeline.launch(*self._schedule())  # sampled while the device computes
-        per_sample = parallel.all_rows(metrics.pop("dqn_loss_per_sample"))
-        metrics = jax.device_get(parallel.local_replica(metrics))
-        pipeline.sync()  # no buffer mutation while a sample is being drawn
+        self.pipeline.launch(*self._schedule())
+
+    def _record(self, metrics: dict, per_sample: np.ndarray, indices, before) -> None:
+        """After a dispatch: non-finite check, priorities, metrics and diagnostics.
+
+        ``metrics`` holds the dispatch's host metrics ``(G,)`` (without
+        ``dqn_loss_per_sample``), ``per_sample`` the ``(G, B)`` DQN losses and
+        ``indices`` the replay indices of the group.
+        """
+        self.pipeline.sync()  # no buffer mutation while a sample is being drawn
         nonfinite = metrics.pop("NonFinite")
         if nonfinite.any():
             self._on_nonfinite(nonfinite, metrics, indices)
@@ -213,7 +237,8 @@ class Runner:
             self._log_acc.setdefault(k, []).append(float(np.mean(metrics[k])))
         if before is not None:
             local = parallel.local_replica(self.state)
-            self._diag_row = diag.run(local.online, local.target, before, self.replay)
+            self._diag_row = self.diagnostics.run(local.online, local.target, before,
+                                                  self.replay)
 
     def _on_nonfinite(self, flags, metrics, indices) -> None:
         """'stop': writes ``base_dir/nonfinite`` and raises :class:`faults.NonFiniteStop`;
@@ -258,20 +283,31 @@ class Runner:
     def step(self) -> dict | None:
         """One agent step (train, reset check, act, env step, store); returns the
         finished episode's stats, if any."""
-        a = self.cfg.agent
         i = self.agent_step
-        if self.replay.add_count > a.min_replay_history and i % self.derived.update_period == 0:
+        if self._train_due(i):
             for _ in range(self.derived.dispatches_per_update):
                 self._train_once()
-        if self.cfg.reset.reset_every > 0:
-            do_reset, self.next_reset = schedules.reset_check(i, self.next_reset, self.cfg.reset)
-            if do_reset:
-                self.state = self._reset(self.state)
-                self.cycle_step = 0
-                self.num_resets += 1
-                if self.diagnostics is not None:
-                    self.diagnostics.after_reset = True
-        action = self._act(schedules.epsilon_at(i + 1, a))
+        if self._reset_due(i):
+            self.state = self._reset(self.state)
+        return self._env_step(self._act(schedules.epsilon_at(i + 1, self.cfg.agent)))
+
+    def _reset_due(self, i: int) -> bool:
+        """The reset check of agent step ``i``; when it fires, counts the reset and
+        restarts the schedules (the caller resets the train state)."""
+        if self.cfg.reset.reset_every <= 0:
+            return False
+        do_reset, self.next_reset = schedules.reset_check(i, self.next_reset, self.cfg.reset)
+        if do_reset:
+            self.cycle_step = 0
+            self.num_resets += 1
+            if self.diagnostics is not None:
+                self.diagnostics.after_reset = True
+        return do_reset
+
+    def _env_step(self, action: int) -> dict | None:
+        """Steps the env with ``action`` and stores the transition; returns the finished
+        episode's stats, if any."""
+        i = self.agent_step
         result = self.env.step(action)
         self.replay.add(
             self.frame[None], [action], [clip_reward(result.reward)], [result.terminal],
@@ -451,22 +487,37 @@ class Runner:
         """Trains (resuming from ``base_dir`` if a checkpoint exists), evaluates, and
         writes ``eval.json``; returns its content (None on processes other than 0,
         which neither log nor evaluate)."""
-        cfg = self.cfg
         self.base_dir.mkdir(parents=True, exist_ok=True)
         parallel.wait_for_all_processes("bbf_jax_run_start")
         # Every process takes part in each save (orbax synchronises them); the state
         # saved is the same on all.
         checkpointer = self.checkpointer = ckpt.RunCheckpointer(self.base_dir)
-        resumed = self._resume(checkpointer)
+        try:
+            self._open_logs(self._resume(checkpointer))
+            while self.agent_step < self.cfg.run.num_train_steps + 1:
+                self._after_step(self.step(), checkpointer)
+                self._stop_if_signalled(checkpointer)
+            self._final_save(checkpointer)
+            self._stop_if_signalled(checkpointer)
+            return self._finish(checkpointer)
+        finally:
+            self._close()
+            self.checkpointer = None
+            self._saved(checkpointer.close())
+
+    def _open_logs(self, resumed: int | None, member: bool = False) -> None:
+        """Opens the logs (truncated to the resumed step) and the progress bar (a member
+        of a :class:`~bbf_jax.seed_group.SeedGroup` has none, and its group says what it
+        resumed); starts the first episode of a fresh run."""
         log = metrics_io.CsvLog if self.primary else metrics_io.NullLog
         diag_names = (self.diagnostics.metric_names(parallel.local_replica(self.state.online))
                       if self.diagnostics is not None else [])
-        train_log = log(
+        self.train_log = log(
             self.base_dir / "train_log.csv",
             ["agent_step", "grad_steps", "num_resets", "steps_per_second", *SCALAR_METRICS,
              *diag_names],
         )
-        episode_log = log(
+        self.episode_log = log(
             self.base_dir / "episodes.csv", ["agent_step", "episode_return", "episode_length"]
         )
         self._checkpoint_log = log(
@@ -474,85 +525,93 @@ class Runner:
             ["agent_step", "size_bytes", "blocking_seconds", "total_seconds"],
         )
         if resumed is not None:
-            if self.primary:
+            if self.primary and not member:
                 print(f"bbf-train: resumed at agent step {self.agent_step}", flush=True)
-            for f in (train_log, episode_log, self._checkpoint_log):
+            for f in (self.train_log, self.episode_log, self._checkpoint_log):
                 f.truncate_after(self.agent_step)
         else:
             self._start_episode()
-        tb = (metrics_io.TensorBoard if self.primary else metrics_io.NullLog)(
+        self.tb = (metrics_io.TensorBoard if self.primary else metrics_io.NullLog)(
             self.base_dir, purge_step=self.agent_step or None
         )
+        self.bar = tqdm.tqdm(total=self.cfg.run.num_train_steps + 1, initial=self.agent_step,
+                             desc=f"train {self.env.game}",
+                             disable=member or not (self.progress and self.primary), unit="step",
+                             dynamic_ncols=True,
+                             mininterval=0.5 if sys.stderr.isatty() else 30.0)
+        self._window = (time.perf_counter(), self.agent_step)
+        self._last_return = None
+
+    def _after_step(self, episode: dict | None, checkpointer: ckpt.RunCheckpointer) -> None:
+        """Logs the agent step just made, evaluates and saves when due."""
+        cfg = self.cfg
+        self.bar.update(1)
+        if episode is not None:
+            self.episode_log.write(episode)
+            self.tb.scalars(episode["agent_step"], {
+                "Train/EpisodeReturn": episode["episode_return"],
+                "Train/EpisodeLength": episode["episode_length"],
+            })
+            self._last_return = episode["episode_return"]
+        diag_row, self._diag_row = self._diag_row, {}
+        if self.agent_step % cfg.run.log_every == 0 and self._log_acc:
+            now = time.perf_counter()
+            window_start, window_step = self._window
+            sps = (self.agent_step - window_step) / max(now - window_start, 1e-9)
+            self._window = (now, self.agent_step)
+            row = {k: float(np.mean(v)) for k, v in self._log_acc.items()}
+            self._log_acc = {}
+            row.update(agent_step=self.agent_step, grad_steps=self.grad_steps,
+                       num_resets=self.num_resets, steps_per_second=sps, **diag_row)
+            self.train_log.write(row)
+            self.tb.scalars(self.agent_step, {f"Train/{k}": row[k] for k in
+                                              (*SCALAR_METRICS, "steps_per_second")})
+            postfix = {"loss": f"{row['TotalLoss']:.3f}"}
+            if self._last_return is not None:
+                postfix["return"] = self._last_return
+            self.bar.set_postfix(postfix, refresh=False)
+        elif diag_row:  # a row of its own, other metrics blank
+            self.train_log.write(dict(diag_row, agent_step=self.agent_step,
+                                      grad_steps=self.grad_steps, num_resets=self.num_resets))
+        self.tb.scalars(self.agent_step, diag_row)
         total = cfg.run.num_train_steps + 1
-        bar = tqdm.tqdm(total=total, initial=self.agent_step, desc=f"train {self.env.game}",
-                        disable=not (self.progress and self.primary), unit="step",
-                        dynamic_ncols=True,
-                        mininterval=0.5 if sys.stderr.isatty() else 30.0)
-        window_start, window_step = time.perf_counter(), self.agent_step
-        last_return = None
-        try:
-            while self.agent_step < total:
-                episode = self.step()
-                bar.update(1)
-                if episode is not None:
-                    episode_log.write(episode)
-                    tb.scalars(episode["agent_step"], {
-                        "Train/EpisodeReturn": episode["episode_return"],
-                        "Train/EpisodeLength": episode["episode_length"],
-                    })
-                    last_return = episode["episode_return"]
-                diag_row, self._diag_row = self._diag_row, {}
-                if self.agent_step % cfg.run.log_every == 0 and self._log_acc:
-                    now = time.perf_counter()
-                    sps = (self.agent_step - window_step) / max(now - window_start, 1e-9)
-                    window_start, window_step = now, self.agent_step
-                    row = {k: float(np.mean(v)) for k, v in self._log_acc.items()}
-                    self._log_acc = {}
-                    row.update(agent_step=self.agent_step, grad_steps=self.grad_steps,
-                               num_resets=self.num_resets, steps_per_second=sps, **diag_row)
-                    train_log.write(row)
-                    tb.scalars(self.agent_step, {f"Train/{k}": row[k] for k in
-                                                 (*SCALAR_METRICS, "steps_per_second")})
-                    postfix = {"loss": f"{row['TotalLoss']:.3f}"}
-                    if last_return is not None:
-                        postfix["return"] = last_return
-                    bar.set_postfix(postfix, refresh=False)
-                elif diag_row:  # a row of its own, other metrics blank
-                    train_log.write(dict(diag_row, agent_step=self.agent_step,
-                                         grad_steps=self.grad_steps, num_resets=self.num_resets))
-                tb.scalars(self.agent_step, diag_row)
-                if self.primary and cfg.run.eval_every \
-                        and self.agent_step % cfg.run.eval_every == 0 and self.agent_step < total:
-                    result = self.evaluate(cfg.run.num_eval_episodes)
-                    with (self.base_dir / "evals.jsonl").open("a") as f:
-                        f.write(json.dumps(result) + "\n")
-                    tb.scalars(self.agent_step, {"Eval/AverageReturns": result["mean_return"]})
-                if cfg.run.checkpoint_every and self.agent_step % cfg.run.checkpoint_every == 0:
-                    self._save(checkpointer)
-                else:
-                    self._saved(checkpointer.poll())
-                self._stop_if_signalled(checkpointer)
-            bar.close()
-            if checkpointer.latest_step() != self.agent_step:
-                self._save(checkpointer)
-            self._stop_if_signalled(checkpointer)
-            if not self.primary:
-                self._saved(checkpointer.wait())
-                return None
-            result = self.evaluate(cfg.run.num_eval_episodes)  # while the checkpoint is written
+        if self.primary and cfg.run.eval_every \
+                and self.agent_step % cfg.run.eval_every == 0 and self.agent_step < total:
+            result = self.evaluate(cfg.run.num_eval_episodes)
+            with (self.base_dir / "evals.jsonl").open("a") as f:
+                f.write(json.dumps(result) + "\n")
+            self.tb.scalars(self.agent_step, {"Eval/AverageReturns": result["mean_return"]})
+        if cfg.run.checkpoint_every and self.agent_step % cfg.run.checkpoint_every == 0:
+            self._save(checkpointer)
+        else:
+            self._saved(checkpointer.poll())
+
+    def _final_save(self, checkpointer: ckpt.RunCheckpointer) -> None:
+        self.bar.close()
+        if checkpointer.latest_step() != self.agent_step:
+            self._save(checkpointer)
+
+    def _finish(self, checkpointer: ckpt.RunCheckpointer) -> dict | None:
+        """The final evaluation (while the last checkpoint is written), verdict,
+        ``eval.json`` and ``curves.png`` (process 0)."""
+        if not self.primary:
             self._saved(checkpointer.wait())
-            result["verdict"] = verdict_for_run(result, cfg, self.progress)
-            tb.scalars(self.agent_step, {"Eval/AverageReturns": result["mean_return"],
-                                         "Eval/NormalizedScore": result["human_normalized_score"]})
-            tmp = self.base_dir / "eval.json.tmp"
-            tmp.write_text(json.dumps(result, indent=1))
-            tmp.replace(self.base_dir / "eval.json")
-            plot_run_curves(self.base_dir, self.base_dir / "curves.png")
-            return result
-        finally:
-            bar.close()
-            tb.close()
-            if self.pipeline is not None:
-                self.pipeline.close()
-            self.checkpointer = None
-            self._saved(checkpointer.close())
+            return None
+        result = self.evaluate(self.cfg.run.num_eval_episodes)
+        self._saved(checkpointer.wait())
+        result["verdict"] = verdict_for_run(result, self.cfg, self.progress)
+        self.tb.scalars(self.agent_step, {
+            "Eval/AverageReturns": result["mean_return"],
+            "Eval/NormalizedScore": result["human_normalized_score"]})
+        tmp = self.base_dir / "eval.json.tmp"
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(self.base_dir / "eval.json")
+        plot_run_curves(self.base_dir, self.base_dir / "curves.png")
+        return result
+
+    def _close(self) -> None:
+        for log in (self.bar, self.tb):
+            if log is not None:
+                log.close()
+        if self.pipeline is not None:
+            self.pipeline.close()

@@ -12,7 +12,10 @@ events under ``tb/``, checkpoints under ``checkpoints/`` and, at the end, ``eval
 (with the verdict, also printed) and ``curves.png``. Compiled programs are cached on disk
 (``bbf_jax.caches``: ``$BBF_JAX_COMPILATION_CACHE`` moves the cache or turns it off).
 A multi-process job (``--coordinator_address``) shares one ``--base_dir``: all processes
-write the checkpoints, process 0 everything else.
+write the checkpoints, process 0 everything else. ``--seeds 0 1 2 3`` instead of
+``--seed`` trains those seeds' runs together in this process
+(:mod:`bbf_jax.seed_group`), seed ``s`` writing ``base_dir/seed_<s>/`` as the single run
+of seed ``s`` would.
 
 Exit status: 0 done; 2 bad input (configuration, paths, an unusable checkpoint), with one
 error line; 3 a non-finite loss or gradient norm with ``RunConfig.on_nonfinite = 'stop'``
@@ -38,8 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gin_bindings", nargs="*", default=[],
                    help="extra bindings, e.g. \"EnvConfig.game = 'Pong'\"")
     p.add_argument("--base_dir", required=True, help="output directory (resumed if it exists)")
-    p.add_argument("--seed", type=int, required=True,
-                   help="the run seed in [0, 2**32) (sets RunConfig.seed)")
+    seeds = p.add_mutually_exclusive_group(required=True)
+    seeds.add_argument("--seed", type=int,
+                       help="the run seed in [0, 2**32) (sets RunConfig.seed)")
+    seeds.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                       help="several seeds trained together in this process, one run each "
+                            "in base_dir/seed_<SEED> (sets RunConfig.seeds)")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
     p.add_argument("--resume_from", type=_resume_from, default=None, metavar="STEP|latest_valid",
                    help="resume from this checkpoint step, or from the newest one that can be "
@@ -68,6 +75,10 @@ def _fail(message: str) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.seeds is not None and args.coordinator_address:
+        return _fail("--seeds with --coordinator_address is not supported: a group of seeds "
+                     "runs in one process (RunConfig.num_devices splits every minibatch over "
+                     "its devices)")
     from bbf_jax import parallel
 
     # Must precede every other JAX call.
@@ -83,7 +94,10 @@ def main(argv=None) -> int:
     from bbf_jax.seeds import RunSeeds
 
     caches.enable_compilation_cache()  # before the first compilation
-    bindings = [*args.gin_bindings, f"RunConfig.seed = {args.seed}"]
+    if args.seeds is not None:
+        bindings = [*args.gin_bindings, f"RunConfig.seeds = ({', '.join(map(str, args.seeds))},)"]
+    else:  # --seed overrides the gin files' RunConfig.seeds too
+        bindings = [*args.gin_bindings, f"RunConfig.seed = {args.seed}", "RunConfig.seeds = ()"]
     primary = jax.process_index() == 0
     base_dir = pathlib.Path(args.base_dir)
     if base_dir.exists() and not base_dir.is_dir():
@@ -92,7 +106,9 @@ def main(argv=None) -> int:
         cfg = gin_utils.parse(args.gin_files, bindings)
         derive(cfg.agent, n_envs=1)
         canonical_game_name(cfg.env.game)
-        RunSeeds(cfg.run.seed)
+        for seed in cfg.run.seeds or (cfg.run.seed,):
+            RunSeeds(seed)
+        runs = _run_configs(args.gin_files, bindings, cfg, base_dir)
     except ValueError as e:  # ConfigError is a ValueError
         return _fail(str(e))
     try:
@@ -105,22 +121,26 @@ def main(argv=None) -> int:
 
     from bbf_jax.faults import EXIT_NONFINITE, EXIT_PREEMPTED, NonFiniteStop, Preempted
     from bbf_jax.runner import Runner
+    from bbf_jax.seed_group import SeedGroup
 
     try:
         memory_line = _check_memory(cfg)
     except ValueError as e:
         return _fail(str(e))
     if primary:
-        (base_dir / "config.gin").write_text(gin_utils.operative_config())
-        (base_dir / "config.json").write_text(
-            json.dumps({"gin_files": args.gin_files, "gin_bindings": bindings,
-                        "num_processes": jax.process_count(),
-                        **{k: dataclasses.asdict(v) for k, v in vars(cfg).items()}},
-                       indent=1, default=list)
-        )
+        for run_dir, run_bindings, operative, run_cfg in runs:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.gin").write_text(operative)
+            (run_dir / "config.json").write_text(
+                json.dumps({"gin_files": args.gin_files, "gin_bindings": run_bindings,
+                            "num_processes": jax.process_count(),
+                            **{k: dataclasses.asdict(v) for k, v in vars(run_cfg).items()}},
+                           indent=1, default=list)
+            )
     try:
-        runner = Runner(cfg, base_dir, config_files=args.gin_files, progress=not args.no_progress,
-                        resume_from=args.resume_from)
+        kind = SeedGroup if cfg.run.seeds else Runner
+        runner = kind(cfg, base_dir, config_files=args.gin_files, progress=not args.no_progress,
+                      resume_from=args.resume_from)
         if primary:
             print(runner.describe(), flush=True)
             print(memory_line, flush=True)
@@ -144,9 +164,29 @@ def main(argv=None) -> int:
         return 0
     from bbf_jax.report.verdict import describe
 
-    print("\n".join(describe(result)))
-    print(f"results: {base_dir / 'eval.json'}, learning curves: {base_dir / 'curves.png'}")
+    results = result if cfg.run.seeds else [result]
+    for (run_dir, *_), one in zip(runs, results, strict=True):
+        print("\n".join(describe(one)))
+        print(f"results: {run_dir / 'eval.json'}, learning curves: {run_dir / 'curves.png'}")
     return 0
+
+
+def _run_configs(gin_files, bindings, cfg, base_dir) -> list:
+    """``(run directory, gin bindings, operative gin config, config)`` of each run: the
+    one run, or one per seed of ``cfg.run.seeds``, written as the single run of that seed
+    writes them."""
+    from bbf_jax import gin_utils
+    from bbf_jax.seed_group import member_config, seed_dir
+
+    if not cfg.run.seeds:
+        return [(base_dir, bindings, gin_utils.operative_config(), cfg)]
+    runs = []
+    for seed in cfg.run.seeds:
+        single = [*bindings[:-1], f"RunConfig.seed = {seed}", "RunConfig.seeds = ()"]
+        gin_utils.parse(gin_files, single)
+        runs.append((seed_dir(base_dir, seed), single, gin_utils.operative_config(),
+                     member_config(cfg, seed)))
+    return runs
 
 
 def _check_memory(cfg) -> str:

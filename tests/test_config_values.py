@@ -105,6 +105,9 @@ TABLE = {
         "num_devices": INT0,
         "diagnostics_every": INT0,
         "on_nonfinite": (["stop", "skip"], ["ignore", "Stop", None], "one of ['stop', 'skip']"),
+        "seeds": ([(), (0,), (3, 0, 2**32 - 1)],
+                  [[0, 1], (-1,), (2**32,), (1.0,), ("0",), (True,), 0, None],
+                  "a tuple of distinct integers in [0, 2**32)"),
     },
 }
 
@@ -133,6 +136,12 @@ def test_field_values(config, field):
 def test_defaults_pass_their_own_checks():
     for cls in CONFIGS.values():
         cls()
+
+
+def test_seeds_must_be_distinct():
+    with pytest.raises(ValueError) as e:
+        C.RunConfig(seeds=(1, 2, 1))
+    assert str(e.value).splitlines()[0] == "RunConfig.seeds must be distinct, got (1, 2, 1)"
 
 
 def test_comma_separated_shrink_perturb_keys_are_a_tuple():

@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,18 +37,19 @@ def _env(devices: int = 2):
     return env
 
 
-def _command(base_dir, *bindings, args=()):
+def _command(base_dir, *bindings, args=(), seeds=("--seed", "0")):
     """One-process bbf-train of the smoke config. These runs use a mesh of 2 CPU devices,
     so that a job of two processes with 1 device each can be compared with them bit for
     bit (test_two_processes_compute_the_one_process_run)."""
     return [sys.executable, "-m", "bbf_jax.train", "--gin_files", SMOKE, "--base_dir",
-            str(base_dir), "--seed", "0", "--no_progress", *args, "--gin_bindings",
+            str(base_dir), *seeds, "--no_progress", *args, "--gin_bindings",
             "RunConfig.num_devices = 2", *bindings]
 
 
-def _train(base_dir, *bindings, args=(), timeout=600):
-    return subprocess.run(_command(base_dir, *bindings, args=args), capture_output=True,
-                          text=True, env=_env(), cwd=ROOT, timeout=timeout)
+def _train(base_dir, *bindings, args=(), seeds=("--seed", "0"), timeout=600):
+    return subprocess.run(_command(base_dir, *bindings, args=args, seeds=seeds),
+                          capture_output=True, text=True, env=_env(), cwd=ROOT,
+                          timeout=timeout)
 
 
 def _final_params(base_dir):
@@ -277,12 +279,20 @@ def test_seed_is_required_and_checked(tmp_path):
            str(tmp_path / "run")]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=120)
     assert proc.returncode == 2
-    assert "the following arguments are required: --seed" in proc.stderr
+    assert "one of the arguments --seed --seeds is required" in proc.stderr
     proc = subprocess.run(cmd + ["--seed", "-1"], capture_output=True, text=True, env=_env(),
                           cwd=ROOT, timeout=120)
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "seed must be an integer in [0, 2**32), got -1" in lines[0]
+    for seeds, message in ((["--seeds", "3", "3"], "RunConfig.seeds must be distinct, got (3, 3)"),
+                           (["--seeds", "0", "1", "--coordinator_address", "127.0.0.1:1"],
+                            "--seeds with --coordinator_address is not supported")):
+        proc = subprocess.run(cmd + seeds, capture_output=True, text=True, env=_env(), cwd=ROOT,
+                              timeout=120)
+        assert proc.returncode == 2
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and message in lines[0], proc.stderr
 
 
 @pytest.mark.parametrize("gin_file", GIN_FILES, ids=[f.name for f in GIN_FILES])
@@ -381,3 +391,76 @@ def test_two_processes_compute_the_one_process_run(uninterrupted,
     assert step_a == step_b == 121 and params_a.keys() == params_b.keys()
     for k in params_a:
         np.testing.assert_array_equal(params_a[k], params_b[k], err_msg=k)
+
+
+# ------------------------------------------------------------------ vectorised seeds
+GROUP_SEEDS = (0, 1)
+
+
+@pytest.fixture(scope="module")
+def seed_group_preempted_and_resumed(tmp_path_factory):
+    """``--seeds 0 1`` on the smoke config, preempted (SIGTERM) after both seeds' checkpoint
+    of step 60, its newest checkpoints of seed 1 then removed as if the process had died
+    between the seeds' saves, and resumed; plus the single run of seed 1."""
+    base = tmp_path_factory.mktemp("seed_group")
+    seeds = ("--seeds", *map(str, GROUP_SEEDS))
+    proc = subprocess.Popen(_command(base, seeds=seeds), env=_env(), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(base / "seed_1" / "checkpoints" / "60", proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=400)
+    assert proc.returncode == 75, err[-3000:]
+    stopped = int(out.strip().splitlines()[-1].split("agent step ")[1].split()[0])
+    for s in GROUP_SEEDS:
+        assert (base / f"seed_{s}" / "checkpoints" / str(stopped)).is_dir()
+    newer = [d for d in (base / "seed_1" / "checkpoints").iterdir() if d.name != "60"]
+    for d in newer:
+        shutil.rmtree(d)
+    resumed = _train(base, seeds=seeds)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    single = tmp_path_factory.mktemp("seed_1")
+    proc = _train(single, seeds=("--seed", "1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return base, stopped, resumed.stdout, single
+
+
+@pytest.mark.parametrize("seed", GROUP_SEEDS)
+def test_seed_group_computes_each_single_run(uninterrupted, seed_group_preempted_and_resumed,
+                                             seed):
+    """Each seed of a group (vmapped dispatch, reset and act on 2 devices; preempted and
+    resumed) runs its single run: the same episodes, evaluation and PRNG state, files and
+    verdict. Its float state follows the single run's only up to rounding, which batching
+    changes and 80 gradient steps with two resets amplify (README, "Vectorised seeds"; the
+    vmapped update itself is checked within the tolerance policy in
+    tests/test_seed_group.py), so floats are compared against the distance between seeds."""
+    base, stopped, out, single_1 = seed_group_preempted_and_resumed
+    single = {0: uninterrupted[0], 1: single_1}
+    run = base / f"seed_{seed}"
+    assert "seeds 0, 1 (2 runs vmapped)" in out and "2 device(s)" in out
+    assert "resumed 2 seeds at agent step 60" in out
+    if stopped > 60:
+        assert f"moved checkpoints [{stopped}] to {base / 'seed_0' / 'checkpoints_discarded'}" \
+            in out
+    got, want = (json.loads((d / "eval.json").read_text()) for d in (run, single[seed]))
+    assert got["seed"] == seed and got["verdict"]["label"] == want["verdict"]["label"]
+    for key in ("returns", "lengths", "agent_steps", "grad_steps", "config"):
+        assert got[key] == want[key], key
+    assert f"verdict: Breakout seed {seed}, 121 agent steps" in out
+    for name in ("episodes.csv", "config.gin"):
+        assert (run / name).read_text() == (single[seed] / name).read_text(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["run"]["seed"] == seed and config["run"]["seeds"] == []
+    logs = [(d / "train_log.csv").read_text().splitlines() for d in (run, single[seed])]
+    assert [r.split(",")[:3] for r in logs[0]] == [r.split(",")[:3] for r in logs[1]]
+    assert (run / "curves.png").is_file() and list((run / "tb").glob("events.out.tfevents.*"))
+    step, params = _final_params(run)
+    _, ref = _final_params(single[seed])
+    _, other = _final_params(single[1 - seed])
+    assert step == 121 and params.keys() == ref.keys()
+    floats = [k for k in ref if ref[k].dtype.kind == "f"]
+    for k in ref.keys() - floats:  # PRNG keys and counters
+        np.testing.assert_array_equal(params[k], ref[k], err_msg=k)
+    online = [k for k in floats if k.startswith("['online']")]
+    drift = np.sqrt(sum(np.sum((params[k] - ref[k]) ** 2.0) for k in online))
+    apart = np.sqrt(sum(np.sum((other[k] - ref[k]) ** 2.0) for k in online))
+    assert drift < apart / 100, (drift, apart)
