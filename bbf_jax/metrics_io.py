@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import pathlib
+import sys
 
 
 class CsvLog:
@@ -62,14 +63,30 @@ class NullLog:
         pass
 
 
+def _summary_writer():
+    """tensorboardX's ``SummaryWriter``, imported without PyTorch.
+
+    tensorboardX imports torch whenever it is installed (2-3 s of CPU per process), only to
+    accept torch tensors; these logs hold Python floats. So torch is hidden from that
+    import unless something has imported it already."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # ``import torch`` raises ImportError
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class TensorBoard:
     """Scalar summaries in ``base_dir/tb`` (tensorboardX); events past a resumed step
     are purged so curves do not double back."""
 
     def __init__(self, base_dir: pathlib.Path, purge_step: int | None = None):
-        from tensorboardX import SummaryWriter
-
-        self._writer = SummaryWriter(str(pathlib.Path(base_dir) / "tb"), purge_step=purge_step)
+        self._writer = _summary_writer()(str(pathlib.Path(base_dir) / "tb"), purge_step=purge_step)
 
     def scalars(self, step: int, values: dict) -> None:
         for k, v in values.items():
