@@ -121,7 +121,8 @@ class Runner:
         self._select = jax.jit(
             lambda params, states, key, eps: select_actions(network, params, states, key, eps)
         )
-        self._reset = jit_once(lambda s: resets.reset_state(self.learner, s, cfg.reset))
+        learner = self.learner  # not self: the compiled function must not keep the runner
+        self._reset = jit_once(lambda s: resets.reset_state(learner, s, cfg.reset))
         self.stack = FrameStack(1, cfg.replay.stack_size)
         # Loop counters (host side).
         self.agent_step = 0
