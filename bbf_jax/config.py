@@ -390,8 +390,9 @@ class RunConfig:
         with a diagnostic directory, ``base_dir/nonfinite/``) or 'skip' (the update is
         dropped: parameters and optimizer state stay as they were).
       seeds: () (default): one run, of ``seed``. Distinct seeds: one run per seed, all
-        trained in one process (:class:`~bbf_jax.seed_group.SeedGroup`: one vmapped
-        dispatch and one vmapped act per agent step), each computing its single run of
+        trained in one process (:class:`~bbf_jax.seed_group.SeedGroup`: one dispatch
+        for every seed's training and one for every seed's act per agent step; see
+        ``seed_batching``), each computing its single run of
         ``seed = s`` in ``base_dir/seed_<s>/``; ``seed`` is then unused.
       seed_batching: how a group of ``seeds`` runs its device work (train dispatch,
         reset, act), always one dispatch per call for all seeds: 'vmap' (default) batches
