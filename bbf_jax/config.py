@@ -390,9 +390,17 @@ class RunConfig:
         with a diagnostic directory, ``base_dir/nonfinite/``) or 'skip' (the update is
         dropped: parameters and optimizer state stay as they were).
       seeds: () (default): one run, of ``seed``. Distinct seeds: one run per seed, all
-        trained in one process (:class:`~bbf_jax.seed_group.SeedGroup`: one vmapped
-        dispatch and one vmapped act per agent step), each computing its single run of
+        trained in one process (:class:`~bbf_jax.seed_group.SeedGroup`: one dispatch
+        for every seed's training and one for every seed's act per agent step; see
+        ``seed_batching``), each computing its single run of
         ``seed = s`` in ``base_dir/seed_<s>/``; ``seed`` is then unused.
+      seed_batching: how a group of ``seeds`` runs its device work (train dispatch,
+        reset, act), always one dispatch per call for all seeds: 'vmap' (default) batches
+        the seeds into one program (``jax.vmap``; for accelerators, where one seed leaves
+        most of the device idle), so each seed computes its single run up to float
+        rounding; 'map' runs the seeds one after another inside the dispatch
+        (``jax.lax.map``), so each seed computes exactly its single run's program, bit
+        for bit (and on CPU faster than 'vmap'). Unused without ``seeds``.
     """
 
     seed: int = _f(0, "int", lo=0, hi=2**32, hi_open=True)
@@ -405,6 +413,7 @@ class RunConfig:
     diagnostics_every: int = _count(1000)
     on_nonfinite: str = _choice("stop", "stop", "skip")
     seeds: tuple = _f((), "ints", lo=0, hi=2**32, hi_open=True)
+    seed_batching: str = _choice("vmap", "vmap", "map")
 
     def __post_init__(self):
         validate(self)

@@ -228,21 +228,50 @@ def make_parallel_train_steps(learner: Learner, mesh: Mesh) -> Callable:
     )
 
 
-def make_group_train_steps(learner: Learner, mesh: Mesh) -> Callable:
+SEED_BATCHINGS = ("vmap", "map")
+
+
+def over_seeds(fn: Callable, batching: str, num_shared: int = 0) -> Callable:
+    """``fn`` applied to every seed of a group, inside the caller's program.
+
+    ``over_seeds(fn, batching, num_shared)(*per_seed, *shared)``: every ``per_seed``
+    argument is a tree of N values stacked on a leading seed axis; the last
+    ``num_shared`` arguments are the same for all seeds. Returns ``fn``'s results of the
+    N seeds stacked on a leading axis. ``batching`` (``RunConfig.seed_batching``):
+    'vmap' batches the seeds into one computation (``jax.vmap``: convolutions over
+    stacked kernels become grouped ones, so every value rounds differently from
+    ``fn``'s); 'map' computes them one after another (``jax.lax.map``), each with
+    ``fn``'s own operations, bit for bit those of ``fn`` called on its own.
+    """
+    if batching not in SEED_BATCHINGS:
+        raise ValueError(f"seed batching must be one of {list(SEED_BATCHINGS)}, got {batching!r}")
+
+    def each(*args):
+        split = len(args) - num_shared
+        per_seed, shared = args[:split], args[split:]
+        if batching == "vmap":
+            return jax.vmap(fn, in_axes=(0,) * split + (None,) * num_shared)(*args)
+        return jax.lax.map(lambda xs: fn(*xs, *shared), per_seed)
+
+    return each
+
+
+def make_group_train_steps(learner: Learner, mesh: Mesh, batching: str = "vmap") -> Callable:
     """Jitted :meth:`~bbf_jax.learner.Learner.train_steps` of N seeds in one dispatch.
 
     ``fn(states, batches, hparams) -> (states, metrics)``: ``states`` is N train states
     stacked on a leading axis (replicated); ``batches`` a tuple of N ``(G, B, ...)``
     groups, each placed as by :func:`shard_batch` (the replay pipelines copy them to the
     device in the background; they are stacked inside the program); ``hparams`` shared.
-    The step is ``jax.vmap``-ed over the seeds, so on a mesh each device computes its
-    rows of every seed's minibatches. Metrics come back with a leading N axis. Seed k's
-    result is its single run's step up to float rounding: batching changes XLA's
-    kernels and their summation order.
+    The seeds' steps run as :func:`over_seeds` with ``batching``; on a mesh each device
+    computes its rows of every seed's minibatches. Metrics come back with a leading N
+    axis. Seed k's result is its single run's step (:func:`make_parallel_train_steps`)
+    bit for bit with 'map', up to float rounding with 'vmap' (batching changes XLA's
+    kernels and their summation order).
     """
     check_batch_size(learner.agent.batch_size, mesh)
     donate = () if jax.default_backend() == "cpu" else (0,)
-    step = jax.vmap(learner.train_steps, in_axes=(0, 0, None))
+    step = over_seeds(learner.train_steps, batching, num_shared=1)
 
     def train(states, batches, hparams):
         return step(states, jax.tree.map(lambda *x: jax.numpy.stack(x), *batches), hparams)

@@ -49,10 +49,12 @@ SCALAR_METRICS = ("TotalLoss", "DQNLoss", "TDError", "SPRLoss", "GradNorm", "PNo
 
 def fingerprint(cfg: ExperimentConfig) -> dict:
     """What a resumed run must share with its checkpoint (budgets, intervals and the
-    non-finite policy may change; a seed of a group shares it with its single run)."""
+    non-finite policy may change; a seed of a group shares it with its single run, with
+    either ``seed_batching``)."""
     run = dataclasses.asdict(cfg.run)
     for k in ("num_train_steps", "num_eval_episodes", "eval_every", "log_every",
-              "checkpoint_every", "diagnostics_every", "on_nonfinite", "seeds"):
+              "checkpoint_every", "diagnostics_every", "on_nonfinite", "seeds",
+              "seed_batching"):
         run.pop(k)
     fp = {name: dataclasses.asdict(getattr(cfg, name))
           for name in ("network", "agent", "reset", "replay", "env")}

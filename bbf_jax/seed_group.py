@@ -4,16 +4,19 @@ A :class:`SeedGroup` (``RunConfig.seeds``, ``bbf-train --seeds 0 1 2 3``) holds 
 :class:`~bbf_jax.runner.Runner` per seed for everything on the host (env, replay buffer
 with its background prefetcher, frame stack, counters, logs, checkpoints, evaluation),
 each writing ``base_dir/seed_<s>/`` as the single run of that seed would. The device work
-of all seeds is batched: the train states are stacked on a leading seed axis, and each
-agent step makes one dispatch per training call that ``vmap``s the G gradient steps over
-the seeds (:func:`~bbf_jax.parallel.make_group_train_steps`), one ``vmap``-ed reset and one
-``vmap``-ed act. All seeds share the configuration, so they train, reset and checkpoint
-at the same agent steps.
+of all seeds is grouped: the train states are stacked on a leading seed axis, and each
+agent step makes one dispatch per training call that runs the G gradient steps of every
+seed (:func:`~bbf_jax.parallel.make_group_train_steps`), one reset of every seed and one
+act of every seed. ``RunConfig.seed_batching`` says how a dispatch runs the seeds
+(:func:`~bbf_jax.parallel.over_seeds`): 'vmap' batches them into one program, 'map' runs
+them one after another. All seeds share the configuration, so they train, reset and
+checkpoint at the same agent steps.
 
 Seed ``s`` derives every key and generator as the single run of ``seed = s``
 (:mod:`bbf_jax.seeds`) and its checkpoints carry that run's fingerprint: a seed's
-directory can be resumed as a single run and vice versa. Its results equal the single
-run's up to float rounding, which batching changes (README, "Vectorised seeds").
+directory can be resumed as a single run and vice versa. With 'map' its results are the
+single run's bit for bit; with 'vmap' they equal them up to float rounding, which
+batching changes (README, "Vectorised seeds").
 
 Data parallelism composes: with ``RunConfig.num_devices = D`` every minibatch of every
 seed is split over the D devices. A group runs in one process (several processes are
@@ -33,7 +36,9 @@ import tqdm
 from bbf_jax import checkpoint as ckpt
 from bbf_jax import faults, parallel, resets, schedules
 from bbf_jax.acting import select_actions
-from bbf_jax.config import ExperimentConfig
+from bbf_jax.config import ExperimentConfig, ResetConfig
+from bbf_jax.jit_once import jit_once
+from bbf_jax.learner import Learner
 from bbf_jax.runner import Runner
 
 
@@ -49,6 +54,27 @@ def seed_dir(base_dir, seed: int) -> pathlib.Path:
 
 def _stack(trees):
     return jax.tree.map(lambda *x: np.stack(x), *jax.device_get(trees))
+
+
+def make_group_select(learner: Learner, batching: str):
+    """Jitted acting of N seeds: ``fn(params, states, keys, epsilon) -> (keys, actions)``
+    with ``params`` (N stacked parameter trees), ``states`` ``(N, 1, 84, 84, S)`` uint8,
+    ``keys`` ``(N, 2)`` uint32 and ``epsilon`` a float32 scalar; returns the N new keys
+    and the ``(N, 1)`` int32 actions, seed k's as the single run's
+    :func:`~bbf_jax.acting.select_actions` (bit for bit with ``batching = 'map'``)."""
+    network = learner.network
+    return jax.jit(parallel.over_seeds(
+        lambda params, states, key, eps: select_actions(network, params, states, key, eps),
+        batching, num_shared=1))
+
+
+def make_group_reset(learner: Learner, reset: ResetConfig, batching: str):
+    """Jitted reset of N seeds: ``fn(states) -> states`` on N train states stacked on a
+    leading axis, seed k's as the single run's :func:`~bbf_jax.resets.reset_state` (bit
+    for bit with ``batching = 'map'``). Compiled as the single run's reset
+    (:func:`~bbf_jax.jit_once.jit_once`: it runs a few times per run)."""
+    return jit_once(parallel.over_seeds(
+        lambda s: resets.reset_state(learner, s, reset), batching))
 
 
 class _Member(Runner):
@@ -123,12 +149,10 @@ class SeedGroup:
             del m._own_state, m._own_act_rng
             m.group, m.index = self, k
             m._select = lead._select  # evaluation: one compilation for all seeds
-        self.train_fn = parallel.make_group_train_steps(learner, self.mesh)
-        network = learner.network
-        self._select = jax.jit(jax.vmap(
-            lambda params, states, key, eps: select_actions(network, params, states, key, eps),
-            in_axes=(0, 0, 0, None)))
-        self._reset = jax.jit(jax.vmap(lambda s: resets.reset_state(learner, s, cfg.reset)))
+        batching = cfg.run.seed_batching
+        self.train_fn = parallel.make_group_train_steps(learner, self.mesh, batching)
+        self._select = make_group_select(learner, batching)
+        self._reset = make_group_reset(learner, cfg.reset, batching)
         self.stop_signal: int | None = None  # set by a signal handler, as Runner's
 
     @property
@@ -142,7 +166,8 @@ class SeedGroup:
         n_params = sum(x.size for x in jax.tree.leaves(lead.state.online))
         return (
             f"bbf-train: {lead.env.game} ({lead.env.num_actions} actions), seeds "
-            f"{', '.join(map(str, cfg.run.seeds))} ({len(self.members)} runs vmapped), "
+            f"{', '.join(map(str, cfg.run.seeds))} ({len(self.members)} runs, seed_batching "
+            f"'{cfg.run.seed_batching}'), "
             f"{n_params:,} parameters each, {d.gradient_steps_per_update} gradient step(s) "
             f"every {d.update_period} agent step(s) in groups of {d.batches_to_group}, "
             f"{cfg.run.num_train_steps + 1:,} agent steps, {self.mesh.size} device(s) "

@@ -108,6 +108,8 @@ TABLE = {
         "seeds": ([(), (0,), (3, 0, 2**32 - 1)],
                   [[0, 1], (-1,), (2**32,), (1.0,), ("0",), (True,), 0, None],
                   "a tuple of distinct integers in [0, 2**32)"),
+        "seed_batching": (["vmap", "map"], ["pmap", "Map", "", None],
+                          "one of ['vmap', 'map']"),
     },
 }
 
