@@ -17,6 +17,7 @@ import pytest
 
 from bbf_jax.config import NetworkConfig
 from bbf_jax.crosscheck import cli
+from bbf_jax.jit_once import jit_once
 from bbf_jax.networks import init_params, make_network, param_count
 from bbf_jax.networks.heads import NoisyDense
 
@@ -136,12 +137,18 @@ def test_param_count_of_the_tiny_network(tiny):
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
 
 
+def _init(net, key):
+    """init_params as the learner compiles it (one program, jit_once: the same bits as
+    the eager call, tests/test_learner.py), which compiles in a fraction of the time that
+    hundreds of eager initializer ops take."""
+    return jit_once(functools.partial(init_params, net, use_spr=True))(key)
+
+
 # ------------------------------------------------------------------------- heads
 @pytest.fixture(scope="module")
 def tiny():
     net = make_network(TINY, A)
-    params = init_params(net, jax.random.PRNGKey(0), use_spr=True)
-    return net, params
+    return net, _init(net, jax.random.PRNGKey(0))
 
 
 def _hand_head(params, representation, dueling, num_atoms):
@@ -175,7 +182,7 @@ def test_dueling_c51_head_against_a_hand_reference(tiny):
 def test_scalar_q_non_dueling_head():
     cfg = NetworkConfig(width_scale=0.25, hidden_dim=64, num_atoms=1, dueling=False)
     net = make_network(cfg, A)
-    params = init_params(net, jax.random.PRNGKey(2), use_spr=True)
+    params = _init(net, jax.random.PRNGKey(2))
     assert set(params["head"]) == {"advantage"}
     assert params["head"]["advantage"]["net"]["kernel"].shape == (64, A)
     x, actions = _tiny_inputs()
@@ -196,7 +203,7 @@ def test_scalar_q_non_dueling_head():
 @pytest.fixture(scope="module")
 def noisy():
     net = make_network(NetworkConfig(width_scale=0.25, hidden_dim=64, noisy=True), A)
-    return net, init_params(net, jax.random.PRNGKey(0), use_spr=True)
+    return net, _init(net, jax.random.PRNGKey(0))
 
 
 def test_noisy_parameters_and_their_initialisation(noisy):
