@@ -181,7 +181,7 @@ class SeedGroup:
         self.state, metrics = self.train_fn(self.state, tuple(b for b, _ in got), self.hparams)
         for m in self.members:
             m._advance()
-        per_sample = np.asarray(metrics.pop("dqn_loss_per_sample"))  # (N, G, B)
+        per_sample = parallel.all_rows(metrics.pop("dqn_loss_per_sample"))  # (N, G, B)
         metrics = jax.device_get(metrics)
         for k, m in enumerate(self.members):
             m._record({name: v[k] for name, v in metrics.items()}, per_sample[k], got[k][1],
@@ -200,11 +200,15 @@ class SeedGroup:
         due = [m._reset_due(i) for m in self.members]  # the same for every seed
         if due[0]:
             self.state = self._reset(self.state)
+        actions = self._act(schedules.epsilon_at(i + 1, self.cfg.agent))
+        return [m._env_step(int(a)) for m, a in zip(self.members, actions, strict=True)]
+
+    def _act(self, epsilon: float) -> np.ndarray:
+        """Every seed's action on its frame stack: ``(N,)`` int32 (one dispatch)."""
         states = np.stack([m.stack.state for m in self.members])  # (N, 1, 84, 84, S)
-        eps = jnp.float32(schedules.epsilon_at(i + 1, self.cfg.agent))
-        self.act_rng, actions = self._select(self._acting_params(), states, self.act_rng, eps)
-        return [m._env_step(int(a)) for m, a in zip(self.members, np.asarray(actions)[:, 0],
-                                                    strict=True)]
+        self.act_rng, actions = self._select(self._acting_params(), states, self.act_rng,
+                                             jnp.float32(epsilon))
+        return np.asarray(actions)[:, 0]
 
     # ---------------------------------------------------------- checkpoints
     def _resume(self, checkpointers) -> int | None:

@@ -55,6 +55,7 @@ from machine import commit, cpu_name
 from bbf_jax import gin_utils, parallel
 from bbf_jax.acting import select_actions
 from bbf_jax.runner import Runner
+from bbf_jax.seed_group import SeedGroup
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "agent_step_overhead.csv"
@@ -138,27 +139,35 @@ def main(argv=None) -> int:
     return 0
 
 
-def time_agent_steps(run: Runner, steps: int) -> tuple[list[tuple[str, float]], Timers]:
+def time_agent_steps(run: Runner | SeedGroup, steps: int
+                     ) -> tuple[list[tuple[str, float]], Timers]:
     """Runs ``steps`` agent steps of ``run`` with its functions wrapped by timers (put
     back afterwards); returns the rows of the table above (name, ms per agent step) and
-    the timers (seconds and calls per name)."""
+    the timers (seconds and calls per name).
+
+    ``run`` may be a :class:`~bbf_jax.seed_group.SeedGroup` that has trained: then an
+    agent step is one of every seed (one act and one train dispatch per training call
+    for all seeds), and env, replay add, sample and wait: prefetch sum over its seeds.
+    """
     timers = Timers()
-    timers.wrap(run.env, "step", "env")
-    timers.wrap(run.env, "reset", "env")
-    timers.wrap(run.replay, "add", "replay add")
+    for member in getattr(run, "members", [run]):
+        timers.wrap(member.env, "step", "env")
+        timers.wrap(member.env, "reset", "env")
+        timers.wrap(member.replay, "add", "replay add")
+        timers.wrap(member.replay, "sample", "sample")
+        timers.wrap(member.pipeline, "sync", "wait: prefetch")
     timers.wrap(run, "_select", "act dispatch")
     timers.wrap(run, "_act", "act")
     timers.wrap(parallel, "all_rows", "wait: train")
     timers.wrap(run, "_train_once", "train")
     timers.wrap(run, "train_fn", "train dispatch")
-    timers.wrap(run.replay, "sample", "sample")
-    timers.wrap(run.pipeline, "sync", "wait: prefetch")
     t0 = time.perf_counter()
     for _ in range(steps):
         run.step()
     total = time.perf_counter() - t0
     timers.unwrap()
-    run.pipeline.sync()  # the final sync is not part of the steps
+    for member in getattr(run, "members", [run]):
+        member.pipeline.sync()  # the final sync is not part of the steps
     ms = {k: v / steps * 1e3 for k, v in timers.seconds.items()}
     total_ms = total / steps * 1e3
     wait_act = ms["act"] - ms["act dispatch"]

@@ -10,7 +10,8 @@ in one line (exit status 2). Then, on JAX's default device:
     the G = 2 single-seed program is the one (b) runs), B = 32, G = 1, 2, 8 gradient steps
     per dispatch (one ``lax.scan``), compute dtype float32, bfloat16, float16, and
     1 seed (the runner's jitted step, ``parallel.make_parallel_train_steps`` on one
-    device) or 8 seeds (:func:`vmapped_train_steps`: ``Learner.train_steps`` vmapped over
+    device) or 8 seeds (a :class:`~bbf_jax.seed_group.SeedGroup`'s jitted step,
+    ``parallel.make_group_train_steps`` with 'vmap': ``Learner.train_steps`` vmapped over
     stacked train states, one random replay group per seed). Each program is compiled
     ahead of time (``compile_s``), run once, then ``repeats`` dispatches are timed, each
     ended by ``block_until_ready`` (median ``dispatch_ms``). ``step_ms`` = dispatch / G,
@@ -20,15 +21,19 @@ in one line (exit status 2). Then, on JAX's default device:
     does; a row whose two counts differ by over 25% says so in its status);
     ``tflop_per_s`` = gflop_per_step * seeds * G / dispatch.
 (b) Real run. 3,000 agent steps of BBF.gin on Pong with ``min_replay_history`` 1,000
-    through the real :class:`~bbf_jax.runner.Runner` (emulator, replay, prefetcher, act
-    and train dispatches; no logs, checkpoints or evaluation). The steps up to
-    ``min_replay_history`` + 5 (compilation, first dispatches) are timed as a whole; the
-    rest by ``agent_step_overhead.time_agent_steps``: ``agent_steps_per_s``,
-    ``host_ms_per_step`` (its "host total": wall time less the waits for the device) and
-    ``device_busy``, an estimate: the timed steps' train dispatches and acts, each at the
-    median time it takes alone afterwards (dispatch to ``block_until_ready``, launch
-    included, so it can exceed 1 by that), over their wall time. Several seeds in one
-    process (vectorised seeds) are not available yet: such a row says so.
+    through the real :class:`~bbf_jax.runner.Runner` (1 seed) or
+    :class:`~bbf_jax.seed_group.SeedGroup` (8 seeds, ``RunConfig.seeds`` 0..7, default
+    ``seed_batching`` 'vmap': 8 seeds' steps per agent step in one process): emulators,
+    replays, prefetchers, act and train dispatches; no logs, checkpoints or evaluation.
+    The steps up to ``min_replay_history`` + 5 (compilation, first dispatches) are timed
+    as a whole; the rest by ``agent_step_overhead.time_agent_steps``, where an agent step
+    is one of every seed: ``agent_steps_per_s`` (agent steps of the run, or group),
+    ``all_seeds_steps_per_s`` (that times the seeds: env steps of all seeds),
+    ``host_ms_per_step`` (its "host total" per agent step: wall time less the waits for
+    the device) and ``device_busy``, an estimate: the timed steps' train dispatches and
+    acts (of all seeds), each at the median time it takes alone afterwards (dispatch to
+    ``block_until_ready``, launch included, so it can exceed 1 by that), over their wall
+    time.
 (c) Output. A summary table on stdout, the lines ``device_check_*`` with the headline
     numbers, and one CSV row per configuration appended to
     ``benchmarks/results/device_check.csv`` (date, commit, device, versions, load).
@@ -39,8 +44,8 @@ that (b) reuses (a)'s program and a second invocation compiles nothing;
 (``BBF_JAX_COMPILATION_CACHE=off`` times every compilation).
 
 ``--cpu-smoke``: smoke.gin (IMPALA width 1/4, hidden 64, B = 4, G = 2; Breakout),
-float32, 1 and 2 seeds, one timed dispatch; the real run 42 agent steps with
-``min_replay_history`` 30.
+float32, 1 and 2 seeds, one timed dispatch; the real runs (1 seed, a group of 2) with
+``min_replay_history`` 30, one warm-up step that trains and 2 timed agent steps.
 """
 
 from __future__ import annotations
@@ -72,8 +77,8 @@ VERSIONS = ("jax", "jaxlib", "flax", "optax", "ale-py")
 FIELDS = ["date", "commit", "device", "num_devices", "python", *VERSIONS, "mode", "part",
           "game", "params", "dtype", "G", "batch_size", "seeds", "status", "compile_s",
           "compile_cached", "dispatch_ms", "step_ms", "gflop_per_step", "tflop_per_s",
-          "agent_steps", "agent_steps_per_s", "host_ms_per_step", "device_busy",
-          "train_dispatch_ms", "act_ms", "warm_s", "total_s", "load_avg_1min"]
+          "agent_steps", "agent_steps_per_s", "all_seeds_steps_per_s", "host_ms_per_step",
+          "device_busy", "train_dispatch_ms", "act_ms", "warm_s", "total_s", "load_avg_1min"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,16 +94,16 @@ class Mode:
     repeats: int
     agent_steps: int
     min_replay_history: int
+    warm_steps: int  # (b): agent steps after min_replay_history before the timing starts
 
 
 FULL = Mode("full", "BBF.gin", ("EnvConfig.game = 'Pong'",), (1, 2, 8),
             ("float32", "bfloat16", "float16"), (1, 8), repeats=10, agent_steps=3000,
-            min_replay_history=1000)
-# smoke.gin's programs are those of the other smoke tests (shared compilation cache); 42
-# agent steps end before its first reset.
+            min_replay_history=1000, warm_steps=5)
+# smoke.gin's programs are those of the other smoke tests (shared compilation cache); its
+# first reset is at agent step 42. Step 31 is the first to train (compiled or loaded).
 SMOKE = Mode("cpu-smoke", "smoke.gin", (), (2,), ("float32",), (1, 2), repeats=1,
-             agent_steps=42, min_replay_history=30)
-WARM_STEPS = 5  # agent steps after min_replay_history before (b)'s timing starts
+             agent_steps=34, min_replay_history=30, warm_steps=2)
 
 
 def missing_packages(required=REQUIRED) -> list[str]:
@@ -127,19 +132,6 @@ def config(mode: Mode, seed: int = 0):
 
 
 # ------------------------------------------------------------------ (a) train step
-def vmapped_train_steps(learner):
-    """``learner.train_steps`` for S independent seeds in one jitted dispatch.
-
-    ``(state, batches, hparams) -> (state, metrics)`` with every leaf of ``state`` and
-    ``batches`` stacked on a leading seed axis: state ``(S, ...)``, batches
-    ``(S, G, B, ...)``; ``hparams`` shared. The state is donated off CPU, as the runner's.
-    """
-    import jax
-
-    donate = () if jax.default_backend() == "cpu" else (0,)
-    return jax.jit(jax.vmap(learner.train_steps, in_axes=(0, 0, None)), donate_argnums=donate)
-
-
 class CacheHits:
     """Counts programs loaded from JAX's persistent compilation cache (a listener of
     ``jax.monitoring`` events)."""
@@ -168,7 +160,7 @@ def measure_train_step(cfg, num_actions: int, initial: list, dtype: str, group: 
     from train_step import random_sample
 
     from bbf_jax import parallel
-    from bbf_jax.learner import make_learner, to_train_batch
+    from bbf_jax.learner import make_learner
     from bbf_jax.networks import param_count
 
     agent = dataclasses.replace(cfg.agent, batches_to_group=group)
@@ -180,18 +172,18 @@ def measure_train_step(cfg, num_actions: int, initial: list, dtype: str, group: 
     states = [learner.state_from_params(*jax.tree.map(jnp.array, (s.online, s.rng, s.act_rng)))
               for s in initial]
     params = param_count(states[0].online)
+    # The programs (b) runs: a Runner's step (1 seed) or a SeedGroup's (default 'vmap').
+    mesh = parallel.make_mesh(1)
+    put = parallel.make_put_fn(mesh, group, b)
     if seeds == 1:
-        mesh = parallel.make_mesh(1)
         step = parallel.make_parallel_train_steps(learner, mesh)
         state = parallel.replicate(states[0], mesh)
-        batch = parallel.make_put_fn(mesh, group, b)(random_sample(group * b, t, 0, num_actions))
-        hparams = parallel.replicate(hparams, mesh)
+        batch = put(random_sample(group * b, t, 0, num_actions))
     else:
-        step = vmapped_train_steps(learner)
-        state = jax.tree.map(lambda *x: jnp.stack(x), *states)
-        batch = jax.tree.map(lambda *x: jnp.stack(x), *[
-            to_train_batch(random_sample(group * b, t, s, num_actions), group, b)
-            for s in range(seeds)])
+        step = parallel.make_group_train_steps(learner, mesh)
+        state = parallel.replicate(jax.tree.map(lambda *x: jnp.stack(x), *states), mesh)
+        batch = tuple(put(random_sample(group * b, t, s, num_actions)) for s in range(seeds))
+    hparams = parallel.replicate(hparams, mesh)
     del states
 
     lowered = step.lower(state, batch, hparams)
@@ -228,25 +220,30 @@ def measure_train_step(cfg, num_actions: int, initial: list, dtype: str, group: 
 
 
 # ------------------------------------------------------------------ (b) real run
-def real_run(cfg, seeds: int, repeats: int) -> dict:
-    """``cfg.run.num_train_steps`` agent steps of the real Runner with ``seeds`` seeds in
-    one process; returns the numbers of its CSV row (status 'unavailable: ...' when
-    bbf_jax cannot train that many seeds in one process)."""
-    if seeds != 1:
-        return dict(part="real_run", seeds=seeds, status=(
-            "unavailable: bbf_jax trains one seed per process (vectorised seeds: "
-            "issue 12 part 1)"))
+def real_run(cfg, seeds: int, repeats: int, warm_steps: int) -> dict:
+    """``cfg.run.num_train_steps`` agent steps of a real Runner (``seeds`` = 1) or of a
+    SeedGroup of seeds 0 .. ``seeds`` - 1 (module docstring, (b)), timed after
+    ``min_replay_history`` + ``warm_steps`` of them; returns the numbers of its CSV row."""
     import jax
     import jax.numpy as jnp
+    import numpy as np
     from agent_step_overhead import median_ms, time_agent_steps
 
     from bbf_jax.runner import Runner
+    from bbf_jax.seed_group import SeedGroup
 
     with tempfile.TemporaryDirectory(prefix="bbf_jax-device-check-") as tmp:
         t0 = time.perf_counter()
-        run = Runner(cfg, tmp, progress=False)
-        run._start_episode()
-        while run.agent_step < cfg.agent.min_replay_history + WARM_STEPS:
+        if seeds == 1:
+            run = Runner(cfg, tmp, progress=False)
+            members = [run]
+        else:
+            run = SeedGroup(dataclasses.replace(cfg, run=dataclasses.replace(
+                cfg.run, seeds=tuple(range(seeds)))), tmp, progress=False)
+            members = run.members
+        for m in members:
+            m._start_episode()
+        while run.agent_step < cfg.agent.min_replay_history + warm_steps:
             run.step()
         warm_s = time.perf_counter() - t0
         timed = cfg.run.num_train_steps - run.agent_step
@@ -254,9 +251,13 @@ def real_run(cfg, seeds: int, repeats: int) -> dict:
         total_s = time.perf_counter() - t0
         ms = dict(rows)
 
-        # Device time of one train dispatch and one act, each alone (the state is
-        # threaded through: it is donated off CPU).
-        batch, _ = run.put_batch(run.replay.sample(run.derived.group_size, *run._schedule()))
+        # Device time of one train dispatch and one act (of every seed), each alone (the
+        # state is threaded through: it is donated off CPU).
+        batches = tuple(m.put_batch(m.replay.sample(m.derived.group_size, *m._schedule()))[0]
+                        for m in members)
+        batch = batches[0] if seeds == 1 else batches
+        frames = members[0].stack.state if seeds == 1 else np.stack(
+            [m.stack.state for m in members])
         state = run.state
 
         def train():
@@ -267,14 +268,16 @@ def real_run(cfg, seeds: int, repeats: int) -> dict:
         params, key, eps = run._acting_params(), run.act_rng, jnp.float32(0.0)
         train_ms = median_ms(train, repeats)
         act_ms = median_ms(lambda: jax.block_until_ready(
-            run._select(params, run.stack.state, key, eps)), repeats)
-        run.pipeline.close()
+            run._select(params, frames, key, eps)), repeats)
+        for m in members:
+            m.pipeline.close()
     busy = (timers.calls["train dispatch"] * train_ms
             + timers.calls["act dispatch"] * act_ms) / (timed * ms["agent step (wall)"])
     return dict(part="real_run", seeds=seeds, status="ok", agent_steps=run.agent_step,
                 dtype=cfg.network.compute_dtype, G=run.derived.batches_to_group,
                 batch_size=cfg.agent.batch_size,
                 agent_steps_per_s=f"{1e3 / ms['agent step (wall)']:.2f}",
+                all_seeds_steps_per_s=f"{seeds * 1e3 / ms['agent step (wall)']:.2f}",
                 host_ms_per_step=f"{ms['host total']:.3f}", device_busy=f"{busy:.3f}",
                 train_dispatch_ms=f"{train_ms:.2f}", act_ms=f"{act_ms:.3f}",
                 warm_s=f"{warm_s:.1f}", total_s=f"{total_s:.1f}")
@@ -309,14 +312,16 @@ def print_table(rows: list[dict], columns: tuple[str, ...]) -> None:
 
 TRAIN_COLUMNS = ("dtype", "G", "seeds", "compile_s", "compile_cached", "dispatch_ms", "step_ms",
                  "gflop_per_step", "tflop_per_s")
-RUN_COLUMNS = ("seeds", "agent_steps", "agent_steps_per_s", "host_ms_per_step",
+RUN_COLUMNS = ("seeds", "agent_steps", "agent_steps_per_s", "all_seeds_steps_per_s",
+               "host_ms_per_step",
                "device_busy", "train_dispatch_ms", "act_ms", "warm_s", "total_s")
 
 
 def headlines(train_rows: list[dict], run_rows: list[dict]) -> list[str]:
     """The ``device_check_*`` lines: bfloat16 ms per gradient step (G = 2, 1 seed), the
     wall time of the most seeds over that of 1 seed (bfloat16, G = 2, else the first
-    dtype and G measured), and the real run's agent steps per second."""
+    dtype and G measured), and each real run's agent steps per second (of the run or
+    group, and of all its seeds)."""
     lines = []
     by = {(r["dtype"], r["G"], r["seeds"]): float(r["step_ms"]) for r in train_rows}
     dtype, group = ("bfloat16", 2) if ("bfloat16", 2, 1) in by else (
@@ -327,8 +332,8 @@ def headlines(train_rows: list[dict], run_rows: list[dict]) -> list[str]:
     lines.append(f"device_check_seeds_wall_ratio[{most} seeds/1 seed]: "
                  f"{by[(dtype, group, most)] / one:.2f}")
     for r in run_rows:
-        value = r["agent_steps_per_s"] if r["status"] == "ok" else "n/a"
-        lines.append(f"device_check_agent_steps_per_s[{r['seeds']} seeds]: {value}")
+        lines.append(f"device_check_agent_steps_per_s[{r['seeds']} seeds]: "
+                     f"{r['agent_steps_per_s']} ({r['all_seeds_steps_per_s']} of all seeds)")
     return lines
 
 
@@ -385,13 +390,10 @@ def main(argv=None) -> int:
           f"min_replay_history {cfg.agent.min_replay_history:,}", flush=True)
     run_rows = []
     for seeds in mode.seeds:
-        row = real_run(cfg, seeds, mode.repeats)
+        row = real_run(cfg, seeds, mode.repeats, mode.warm_steps)
         row.update(common, load_avg_1min=f"{os.getloadavg()[0]:.2f}")
         run_rows.append(row)
-    print_table([r for r in run_rows if r["status"] == "ok"], RUN_COLUMNS)
-    for r in run_rows:
-        if r["status"] != "ok":
-            print(f"{r['seeds']} seeds: {r['status']}")
+    print_table(run_rows, RUN_COLUMNS)
     append_csv(pathlib.Path(args.csv), train_rows + run_rows)
     print("\n".join(headlines(train_rows, run_rows)))
     print(f"device_check_total_s: {time.perf_counter() - started:.1f}")
