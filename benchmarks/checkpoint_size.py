@@ -16,7 +16,6 @@ zeros at initialisation (which compress away), are filled with dense float32 val
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import datetime
 import os
@@ -29,7 +28,7 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from machine import commit, cpu_name
+from machine import append_csv, commit, cpu_name
 
 from bbf_jax import checkpoint as ckpt
 from bbf_jax import gin_utils, parallel
@@ -113,17 +112,11 @@ def main(argv=None) -> None:
         path = pathlib.Path(args.csv)
         fields = ["date", "commit", "cpu", "python", "jax", "orbax", "game", "transitions",
                   "size_mb", "train_state_mb", "host_mb", "blocking_s", "total_s", "load1"]
-        new = not path.exists()
-        with path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fields)
-            if new:
-                writer.writeheader()
-            for row in rows:
-                writer.writerow(dict(row, date=datetime.date.today().isoformat(),
-                                     commit=commit(), cpu=cpu_name(),
-                                     python=platform.python_version(), jax=jax.__version__,
-                                     orbax=ocp.__version__, game=runner.env.game,
-                                     load1=f"{os.getloadavg()[0]:.2f}"))
+        append_csv(path, fields, [
+            dict(row, date=datetime.date.today().isoformat(), commit=commit(), cpu=cpu_name(),
+                 python=platform.python_version(), jax=jax.__version__, orbax=ocp.__version__,
+                 game=runner.env.game, load1=f"{os.getloadavg()[0]:.2f}")
+            for row in rows])
         print(f"appended {len(rows)} rows to {path}", file=sys.stderr)
 
 

@@ -14,7 +14,6 @@ rows to the CSV.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import os
 import pathlib
@@ -23,7 +22,7 @@ import time
 
 import jax
 import numpy as np
-from machine import commit, cpu_name
+from machine import append_csv, commit, cpu_name
 
 from bbf_jax import resets
 from bbf_jax.config import AgentConfig, NetworkConfig, ResetConfig
@@ -82,13 +81,7 @@ def main(argv=None) -> int:
                 "same_bits": same, "load": round(os.getloadavg()[0], 2)})
             print(f"{name:5s} {variant:8s} compile {compile_s:6.1f} s CPU, run "
                   f"{run_s * 1e3:9.1f} ms, same bits: {same}")
-    path = pathlib.Path(args.csv)
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new:
-            w.writeheader()
-        w.writerows(rows)
+    append_csv(pathlib.Path(args.csv), rows[0], rows)
     return 0
 
 

@@ -51,7 +51,6 @@ float32, 1 and 2 seeds, one timed dispatch; the real runs (1 seed, a group of 2)
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import datetime
 import importlib.metadata
@@ -156,8 +155,7 @@ def measure_train_step(cfg, num_actions: int, initial: list, dtype: str, group: 
     used); returns the numbers of its CSV row."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
-    from train_step import random_sample
+    from train_step import random_sample, time_dispatches
 
     from bbf_jax import parallel
     from bbf_jax.learner import make_learner
@@ -201,17 +199,8 @@ def measure_train_step(cfg, num_actions: int, initial: list, dtype: str, group: 
         f"check gflop: the lowered program counts {lowered_flops / seeds / 1e9:.2f} per seed")
     gflop = flops / seeds / 1e9
 
-    state, metrics = compiled(state, batch, hparams)  # warm-up: allocations, caches
-    jax.block_until_ready((state, metrics))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        state, metrics = compiled(state, batch, hparams)
-        jax.block_until_ready((state, metrics))
-        times.append(time.perf_counter() - t0)
-    if not np.all(np.isfinite(np.asarray(metrics["TotalLoss"]))):
-        raise FloatingPointError(f"non-finite loss: {dtype}, G={group}, {seeds} seeds")
-    dispatch_ms = float(np.median(times)) * 1e3
+    _, dispatch_ms = time_dispatches(compiled, state, batch, hparams, repeats,
+                                     f"{dtype}, G={group}, {seeds} seeds")
     return dict(part="train_step", params=params, dtype=dtype, G=group, batch_size=b,
                 seeds=seeds, status=status, compile_s=f"{compile_s:.2f}", compile_cached=cached,
                 dispatch_ms=f"{dispatch_ms:.2f}", step_ms=f"{dispatch_ms / group:.3f}",
@@ -294,16 +283,6 @@ def versions() -> dict:
     return out
 
 
-def append_csv(path: pathlib.Path, rows: list[dict]) -> None:
-    new = not path.exists()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS, restval="")
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
-
-
 def print_table(rows: list[dict], columns: tuple[str, ...]) -> None:
     print("  ".join(f"{c:>17}" for c in columns))
     for row in rows:
@@ -350,7 +329,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     mode = SMOKE if args.cpu_smoke else FULL
     import jax
-    from machine import commit, device_name
+    from machine import append_csv, commit, device_name
 
     from bbf_jax import caches
     from bbf_jax.envs import AtariEnv
@@ -394,7 +373,7 @@ def main(argv=None) -> int:
         row.update(common, load_avg_1min=f"{os.getloadavg()[0]:.2f}")
         run_rows.append(row)
     print_table(run_rows, RUN_COLUMNS)
-    append_csv(pathlib.Path(args.csv), train_rows + run_rows)
+    append_csv(pathlib.Path(args.csv), FIELDS, train_rows + run_rows)
     print("\n".join(headlines(train_rows, run_rows)))
     print(f"device_check_total_s: {time.perf_counter() - started:.1f}")
     return 0

@@ -21,7 +21,6 @@ versions).
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import os
 import pathlib
@@ -32,7 +31,7 @@ import time
 import ale_py
 import cv2
 import numpy as np
-from machine import commit, cpu_name
+from machine import append_csv, commit, cpu_name
 
 from bbf_jax.atari_games import rom_id
 from bbf_jax.envs import AtariEnv, env_seeds
@@ -165,13 +164,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         }
                     )
     os.sched_setaffinity(0, available)
-    args.csv.parent.mkdir(parents=True, exist_ok=True)
-    new_file = not args.csv.exists()
-    with open(args.csv, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        if new_file:
-            writer.writeheader()
-        writer.writerows(rows)
+    append_csv(args.csv, FIELDS, rows)
     return rows
 
 

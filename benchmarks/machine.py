@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import pathlib
 import platform
 import subprocess
@@ -34,3 +35,16 @@ def device_name() -> str:
 
     kind = jax.devices()[0].device_kind
     return f"{kind} ({cpu_name()})" if jax.default_backend() == "cpu" else kind
+
+
+def append_csv(path: pathlib.Path, fields, rows: list[dict]) -> None:
+    """Appends ``rows`` to the CSV at ``path`` (header ``fields`` when the file is new;
+    missing fields are left empty)."""
+    path = pathlib.Path(path)
+    new = not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fields))
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)

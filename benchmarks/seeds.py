@@ -18,7 +18,6 @@ seeds. Prints a table and appends one row per run to ``benchmarks/results/seeds.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import os
 import pathlib
@@ -30,7 +29,7 @@ import tempfile
 import time
 
 import jax
-from machine import commit, cpu_name
+from machine import append_csv, commit, cpu_name
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = pathlib.Path(__file__).parent / "results" / "seeds.csv"
@@ -96,13 +95,7 @@ def main() -> None:
         print(f"{row['seeds']} seeds ({row['seed_batching']}) / 1 seed: wall "
               f"x{ratio['wall_s']:.2f}, CPU x{ratio['cpu_s']:.2f}, training throughput "
               f"x{ratio['train_agent_steps_per_s']:.2f}")
-    args.csv.parent.mkdir(parents=True, exist_ok=True)
-    new_file = not args.csv.exists()
-    with open(args.csv, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        if new_file:
-            writer.writeheader()
-        writer.writerows(rows)
+    append_csv(args.csv, FIELDS, rows)
 
 
 if __name__ == "__main__":

@@ -35,14 +35,13 @@ the same device, and its overhead at the default interval ``RunConfig.diagnostic
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import os
 import pathlib
 import sys
 import time
 
-from machine import commit, device_name
+from machine import append_csv, commit, device_name
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "train_step.csv"
 DIAG_RESULTS = RESULTS.parent / "diagnostics.csv"
@@ -164,12 +163,31 @@ def measure_diagnostics(learner, state, group: int, repeats: int) -> dict:
     return dict(diag_compile_s=compile_s, diag_ms=float(np.median(times)) * 1e3)
 
 
+def time_dispatches(compiled, state, batch, hparams, repeats: int, what: str):
+    """Median wall ms of ``repeats`` calls of a compiled train function after one warm-up
+    call (allocations, caches), the state threaded through (it may be donated). Returns
+    ``(state, ms)``; FloatingPointError naming ``what`` if the last loss is not finite."""
+    import jax
+    import numpy as np
+
+    state, metrics = compiled(state, batch, hparams)
+    jax.block_until_ready((state, metrics))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, batch, hparams)
+        jax.block_until_ready((state, metrics))
+        times.append(time.perf_counter() - t0)
+    if not np.all(np.isfinite(np.asarray(metrics["TotalLoss"]))):
+        raise FloatingPointError(f"non-finite loss in {what}")
+    return state, float(np.median(times)) * 1e3
+
+
 def measure(network: str, dtype: str, group: int, devices: int, repeats: int,
             diagnostics: bool = False) -> dict:
     """Compiles and times one configuration; returns the numbers of one CSV row (and the
     diagnostics' timing under ``diag`` when asked)."""
     import jax
-    import numpy as np
 
     from bbf_jax import parallel
     from bbf_jax.config import AgentConfig, NetworkConfig
@@ -201,17 +219,8 @@ def measure(network: str, dtype: str, group: int, devices: int, repeats: int,
     )
     gflop = float(cost.get("flops", float("nan"))) / 1e9 if cost else float("nan")
 
-    state, metrics = compiled(state, batch, hparams)  # warm-up: allocations, caches
-    jax.block_until_ready((state, metrics))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        state, metrics = compiled(state, batch, hparams)
-        jax.block_until_ready((state, metrics))
-        times.append(time.perf_counter() - t0)
-    if not np.all(np.isfinite(np.asarray(metrics["TotalLoss"]))):
-        raise FloatingPointError(f"non-finite loss in {network}/{dtype}/G={group}/D={devices}")
-    dispatch_ms = float(np.median(times)) * 1e3
+    state, dispatch_ms = time_dispatches(compiled, state, batch, hparams, repeats,
+                                         f"{network}/{dtype}/G={group}/D={devices}")
     step_ms = dispatch_ms / group
     diag = measure_diagnostics(learner, state, group, repeats) if diagnostics else None
     return dict(
@@ -231,16 +240,6 @@ def measure(network: str, dtype: str, group: int, devices: int, repeats: int,
         gflop_per_s=f"{gflop / step_ms * 1e3:.1f}",
         load_avg_1min=f"{os.getloadavg()[0]:.2f}",
     )
-
-
-def _append(path: pathlib.Path, fields: list[str], rows: list[dict]) -> None:
-    new = not path.exists()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
 
 
 def main(argv=None) -> None:
@@ -313,9 +312,10 @@ def main(argv=None) -> None:
                     if (network, dtype, group, d) == ("full", "float32", 2, 1):
                         headline = float(row["step_ms"])
     if args.csv:
-        _append(pathlib.Path(args.csv), FIELDS, rows)
+        append_csv(pathlib.Path(args.csv), FIELDS, rows)
         if diag_rows:
-            _append(pathlib.Path(args.csv).parent / DIAG_RESULTS.name, DIAG_FIELDS, diag_rows)
+            append_csv(pathlib.Path(args.csv).parent / DIAG_RESULTS.name, DIAG_FIELDS,
+                       diag_rows)
     print(f"train_step_ms: {headline:.1f}" if headline == headline else "train_step_ms: nan")
 
 
