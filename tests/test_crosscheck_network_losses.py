@@ -15,7 +15,8 @@ pytestmark = pytest.mark.usefixtures("parity")
 @pytest.fixture(scope="module")
 def tiny_gin(tmp_path_factory):
     path = tmp_path_factory.mktemp("gin") / "tiny.gin"
-    path.write_text("NetworkConfig.width_scale = 0.25\nNetworkConfig.hidden_dim = 64\n")
+    path.write_text("NetworkConfig.width_scale = 0.25\nNetworkConfig.hidden_dim = 64\n"
+                    "NetworkConfig.num_blocks = 1\n")
     return str(path)
 
 

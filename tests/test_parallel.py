@@ -25,7 +25,9 @@ import numpy as np
 import pytest
 
 SEED = 0
-G, B, NUM_ACTIONS = 2, 8, 4
+# float32 runs: B = 4 rows per minibatch, so 1 row per device on 4 devices. float16 runs:
+# 8 rows, 2 per device on 4 devices, as the agreement bound of their test assumes.
+G, B, B16, NUM_ACTIONS = 2, 4, 8, 4
 DISPATCHES = 3  # grouped train calls; the reset comes before the last one
 RESET_BEFORE = 2
 # Initial float16 loss scales: one that overflows in every per-example backward pass
@@ -39,17 +41,18 @@ FLOAT16_SCALES = {"float16_overflow": 2.0**40, "float16_finite": 2.0**8}
 def _configs(compute_dtype: str = "float32"):
     from bbf_jax.config import AgentConfig, NetworkConfig
 
-    agent = AgentConfig(batch_size=B, batches_to_group=G, jumps=2)
+    batch = B16 if compute_dtype == "float16" else B
+    agent = AgentConfig(batch_size=batch, batches_to_group=G, jumps=2)
     net = NetworkConfig(width_scale=0.25, hidden_dim=64, num_blocks=1, compute_dtype=compute_dtype)
     return agent, net
 
 
-def _samples(seq_len: int):
-    """DISPATCHES host groups of G*B transitions, as the replay hands them out."""
+def _samples(seq_len: int, batch: int = B):
+    """DISPATCHES host groups of G*batch transitions, as the replay hands them out."""
     from bbf_jax.replay import ReplaySample
 
     rng = np.random.default_rng(SEED)
-    n = G * B
+    n = G * batch
     out = []
     for _ in range(DISPATCHES):
         priority = rng.uniform(0.6, 2.0, n).astype(np.float32)
@@ -98,7 +101,8 @@ def _worker_devices(out: pathlib.Path) -> None:
     from bbf_jax.replay import BatchPipeline
 
     assert jax.device_count() == 4, jax.devices()
-    samples = _samples(_configs()[0].jumps + 1)
+    seq_len = _configs()[0].jumps + 1
+    samples = {B: _samples(seq_len), B16: _samples(seq_len, B16)}
     checks = {}
 
     @functools.cache
@@ -108,10 +112,11 @@ def _worker_devices(out: pathlib.Path) -> None:
 
     def train(name, learner, init, num_devices, dispatches, reset=None):
         mesh, step = parallel_step(learner, num_devices)
-        feed = iter(samples)
+        batch_size = learner.agent.batch_size
+        feed = iter(samples[batch_size])
         # The prefetcher's put_fn shards every group straight onto the mesh.
         pipeline = BatchPipeline(
-            lambda n, gamma: next(feed), parallel.make_put_fn(mesh, G, B), "corrected"
+            lambda n, gamma: next(feed), parallel.make_put_fn(mesh, G, batch_size), "corrected"
         )
         state = parallel.replicate(init, mesh)
         flat = _flat(init, "init/state")
@@ -152,7 +157,7 @@ def _worker_devices(out: pathlib.Path) -> None:
         np.savez(out / f"{key}.npz", **flat)
 
     mesh4 = parallel.make_mesh(4)
-    small = jax.tree.map(lambda x: x[:, :6], _train_batch(samples[0]))
+    small = jax.tree.map(lambda x: x[:, :6], _train_batch(samples[B16][0], B16))
     calls = {
         "train_steps": lambda: parallel.make_parallel_train_steps(
             make_learner(AgentConfig(batch_size=6), _configs()[1], NUM_ACTIONS), mesh4
@@ -170,10 +175,10 @@ def _worker_devices(out: pathlib.Path) -> None:
     (out / "checks.json").write_text(json.dumps({"checks": checks, "errors": errors}))
 
 
-def _train_batch(sample):
+def _train_batch(sample, batch: int):
     from bbf_jax.learner import to_train_batch
 
-    return to_train_batch(sample, G, B)
+    return to_train_batch(sample, G, batch)
 
 
 def _worker_process(out: pathlib.Path, process_id: int, port: int) -> None:
