@@ -204,7 +204,7 @@ def measure_train_step(cfg, num_actions: int, initial: list, dtype: str, group: 
     return dict(part="train_step", params=params, dtype=dtype, G=group, batch_size=b,
                 seeds=seeds, status=status, compile_s=f"{compile_s:.2f}", compile_cached=cached,
                 dispatch_ms=f"{dispatch_ms:.2f}", step_ms=f"{dispatch_ms / group:.3f}",
-                gflop_per_step=f"{gflop:.2f}",
+                gflop_per_step=f"{gflop:.4g}",  # 4 significant digits: tiny configs too
                 tflop_per_s=f"{gflop * seeds * group / dispatch_ms:.4f}")
 
 
