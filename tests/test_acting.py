@@ -10,7 +10,7 @@ from bbf_jax.config import NetworkConfig
 from bbf_jax.networks import init_params, make_network
 
 N, A = 5, 6
-NET = make_network(NetworkConfig(width_scale=0.25, hidden_dim=64), A)
+NET = make_network(NetworkConfig(width_scale=0.25, hidden_dim=64, num_blocks=1), A)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_the_given_parameters_are_used(setup):
 
 
 def test_noisy_network_uses_per_env_keys_from_k_net():
-    net = make_network(NetworkConfig(width_scale=0.25, hidden_dim=64, noisy=True), A)
+    net = make_network(NetworkConfig(width_scale=0.25, hidden_dim=64, num_blocks=1, noisy=True), A)
     params = init_params(net, jax.random.PRNGKey(0), use_spr=False)
     states = np.random.default_rng(1).integers(0, 256, (N, 84, 84, 4), dtype=np.uint8)
     key = jax.random.PRNGKey(2)

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("parity")
 
 G, B, A = 2, 4, 6
 AGENT = AgentConfig(batch_size=B, batches_to_group=G)
-TINY = NetworkConfig(width_scale=0.25, hidden_dim=64)
+TINY = NetworkConfig(width_scale=0.25, hidden_dim=64, num_blocks=1)
 
 
 def _batches(seed, n=3, gamma=0.99, g=G, jumps=AGENT.jumps) -> TrainBatch:
@@ -343,8 +343,7 @@ HALF_AGENT = AgentConfig(batch_size=B, batches_to_group=G, jumps=1, data_augment
 
 def test_float16_non_finite_step_is_skipped_and_halves_the_scale(f32):
     learner32, state32, _ = f32
-    learner = make_learner(HALF_AGENT, NetworkConfig(width_scale=0.25, hidden_dim=64,
-                                                     compute_dtype="float16"), A)
+    learner = make_learner(HALF_AGENT, dataclasses.replace(TINY, compute_dtype="float16"), A)
     state = learner.state_from_params(state32.online, state32.rng, state32.act_rng)
     assert state.loss_scale is not None and float(state.loss_scale.scale) == 65536.0
     step = jax.jit(learner.train_step)
