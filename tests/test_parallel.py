@@ -42,7 +42,7 @@ def _configs(compute_dtype: str = "float32"):
     from bbf_jax.config import AgentConfig, NetworkConfig
 
     batch = B16 if compute_dtype == "float16" else B
-    agent = AgentConfig(batch_size=batch, batches_to_group=G, jumps=2)
+    agent = AgentConfig(batch_size=batch, batches_to_group=G, jumps=1)
     net = NetworkConfig(width_scale=0.25, hidden_dim=64, num_blocks=1, compute_dtype=compute_dtype)
     return agent, net
 

@@ -29,7 +29,7 @@ ROW = re.compile(r"^(.+?) +[-+.0-9eainf]+ +[-+.0-9eainf]+  (ok|FAIL)(  \(.*\))?$
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     agent = AgentConfig(batch_size=8, batches_to_group=1, data_augmentation=False)
-    learner = make_learner(agent, NetworkConfig(width_scale=0.25, hidden_dim=64), 6)
+    learner = make_learner(agent, NetworkConfig(width_scale=0.25, hidden_dim=64, num_blocks=1), 6)
     arrays = losses_kind.make_inputs(6, 0, learner)
     arrays = {k: v for k, v in arrays.items() if not k.startswith("n10_g0.97/")}
     for case in CASES:
@@ -54,9 +54,9 @@ def test_exported_losses_file_verifies_through_torch(exported, capsys):
     stored = [k for k in arrays if k.startswith(CASES) and "/input/" not in k]
     assert len(rows) == len(stored) and set(rows.values()) == {"ok"}
     assert f"{len(stored)} passed, 0 failed" in out
-    for case in CASES:
-        assert sum(k.startswith(f"{case}/grads/") for k in rows) == 42
-        assert sum(k.startswith(f"{case}/new_online_params/") for k in rows) == 42
+    for case in CASES:  # one residual block per IMPALA stage: 30 parameter arrays
+        assert sum(k.startswith(f"{case}/grads/") for k in rows) == 30
+        assert sum(k.startswith(f"{case}/new_online_params/") for k in rows) == 30
         assert f"{case}/new_target_params/head/value/net/bias" in rows
 
 
