@@ -34,7 +34,7 @@ from bbf_jax import checkpoint as ckpt
 from bbf_jax import faults, metrics_io, parallel, resets, schedules
 from bbf_jax.acting import select_actions
 from bbf_jax.atari_games import human_normalized_score
-from bbf_jax.config import ExperimentConfig, derive
+from bbf_jax.config import Derived, ExperimentConfig, derive
 from bbf_jax.diagnostics import Diagnostics
 from bbf_jax.envs import AtariEnv, FrameStack, clip_reward, evaluate
 from bbf_jax.jit_once import jit_once
@@ -68,6 +68,17 @@ def params_digest(params) -> str:
     for leaf in jax.tree.leaves(jax.device_get(params)):
         h.update(np.ascontiguousarray(leaf).tobytes())
     return h.hexdigest()
+
+
+def schedule_summary(cfg: ExperimentConfig, derived: Derived, num_devices: int) -> str:
+    """The updates, budget and devices of a run, as its start-up line states them (shared
+    by a single run's and a seed group's ``describe``)."""
+    d = derived
+    return (
+        f"{d.gradient_steps_per_update} gradient step(s) every {d.update_period} agent "
+        f"step(s) in groups of {d.batches_to_group}, {cfg.run.num_train_steps + 1:,} agent "
+        f"steps, {num_devices} device(s) [{jax.devices()[0].platform}]"
+    )
 
 
 class Runner:
@@ -154,14 +165,12 @@ class Runner:
     # --------------------------------------------------------------- setup
     def describe(self) -> str:
         """One line on what this run is."""
-        d, cfg = self.derived, self.cfg
         n_params = sum(x.size for x in jax.tree.leaves(self.state.online))
         return (
-            f"bbf-train: {self.env.game} ({self.env.num_actions} actions), seed {cfg.run.seed}, "
-            f"{n_params:,} parameters, {d.gradient_steps_per_update} gradient step(s) every "
-            f"{d.update_period} agent step(s) in groups of {d.batches_to_group}, "
-            f"{cfg.run.num_train_steps + 1:,} agent steps, {self.mesh.size} device(s) "
-            f"[{jax.devices()[0].platform}], output in {self.base_dir}"
+            f"bbf-train: {self.env.game} ({self.env.num_actions} actions), seed "
+            f"{self.cfg.run.seed}, {n_params:,} parameters, "
+            f"{schedule_summary(self.cfg, self.derived, self.mesh.size)}, "
+            f"output in {self.base_dir}"
         )
 
     def _pipeline(self) -> BatchPipeline:

@@ -39,7 +39,7 @@ from bbf_jax.acting import select_actions
 from bbf_jax.config import ExperimentConfig, ResetConfig
 from bbf_jax.jit_once import jit_once
 from bbf_jax.learner import Learner
-from bbf_jax.runner import Runner
+from bbf_jax.runner import Runner, schedule_summary
 
 
 def member_config(cfg: ExperimentConfig, seed: int) -> ExperimentConfig:
@@ -162,16 +162,13 @@ class SeedGroup:
     def describe(self) -> str:
         """One line on what this group is."""
         lead, cfg = self.members[0], self.cfg
-        d = self.derived
         n_params = sum(x.size for x in jax.tree.leaves(lead.state.online))
         return (
             f"bbf-train: {lead.env.game} ({lead.env.num_actions} actions), seeds "
             f"{', '.join(map(str, cfg.run.seeds))} ({len(self.members)} runs, seed_batching "
-            f"'{cfg.run.seed_batching}'), "
-            f"{n_params:,} parameters each, {d.gradient_steps_per_update} gradient step(s) "
-            f"every {d.update_period} agent step(s) in groups of {d.batches_to_group}, "
-            f"{cfg.run.num_train_steps + 1:,} agent steps, {self.mesh.size} device(s) "
-            f"[{jax.devices()[0].platform}], output in {self.base_dir}/seed_<seed>"
+            f"'{cfg.run.seed_batching}'), {n_params:,} parameters each, "
+            f"{schedule_summary(cfg, self.derived, self.mesh.size)}, "
+            f"output in {self.base_dir}/seed_<seed>"
         )
 
     # ------------------------------------------------------------ training

@@ -272,6 +272,21 @@ def _leaf_bound(sums, key: str) -> float:
     return 2 * rel if ".nu[" in key else rel
 
 
+def _assert_change_close(ref: dict, got: dict, start: np.ndarray, rel: float, steps: int,
+                         key: str, what: str) -> np.ndarray:
+    """The error norm of the change of the state leaf ``key`` since ``start`` is within
+    ``rel`` of the reference's change plus one float32 rounding of the value per step;
+    returns the reference's change (float64)."""
+    from bbf_jax import tolerance
+
+    e, a = ref[key], got[key]
+    change_ref = e.astype(np.float64) - start
+    err_norm = np.linalg.norm((a.astype(np.float64) - start) - change_ref)
+    bound = rel * np.linalg.norm(change_ref) + steps * tolerance.EPS * np.linalg.norm(e)
+    assert err_norm <= bound, f"{what}: {key}: error norm {err_norm:.2e} > {bound:.2e}"
+    return change_ref
+
+
 def _assert_trees_close(ref: dict, got: dict, base: dict, what: str) -> None:
     """``got`` equals ``ref`` within the bounds of :func:`_leaf_bound`.
 
@@ -302,10 +317,7 @@ def _assert_trees_close(ref: dict, got: dict, base: dict, what: str) -> None:
             continue
         rel = _leaf_bound(sums, key)
         start = base["init/" + key.removeprefix("before_reset/")]
-        change_ref = e.astype(np.float64) - start
-        err_norm = np.linalg.norm((a.astype(np.float64) - start) - change_ref)
-        bound = rel * np.linalg.norm(change_ref) + steps * tolerance.EPS * np.linalg.norm(e)
-        assert err_norm <= bound, f"{what}: {key}: error norm {err_norm:.2e} > {bound:.2e}"
+        change_ref = _assert_change_close(ref, got, start, rel, steps, key, what)
         atol = (rel * tolerance.magnitude(change_ref)
                 + steps * tolerance.EPS * tolerance.magnitude(e))
         np.testing.assert_allclose(a, e, rtol=0, atol=atol, err_msg=f"{what}: {key}")

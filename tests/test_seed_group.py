@@ -31,7 +31,17 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from test_parallel import DISPATCHES, NUM_ACTIONS, B, G, _flat, _hparams, _leaf_bound, _samples
+from test_parallel import (
+    DISPATCHES,
+    NUM_ACTIONS,
+    B,
+    G,
+    _assert_change_close,
+    _flat,
+    _hparams,
+    _leaf_bound,
+    _samples,
+)
 
 from bbf_jax import tolerance
 
@@ -135,13 +145,7 @@ def _assert_dispatch_close(ref: dict, got: dict, what: str) -> None:
             atol = (sums.gradient_norm(e) if "Norm" in key else sums.output(e)).atol
             np.testing.assert_allclose(a, e, rtol=0, atol=atol, err_msg=f"{what}: {key}")
             continue
-        rel = _leaf_bound(sums, key)
-        start = ref["before/" + key]
-        change_ref = e.astype(np.float64) - start
-        change = a.astype(np.float64) - start
-        err_norm = np.linalg.norm(change - change_ref)
-        bound = rel * np.linalg.norm(change_ref) + G * tolerance.EPS * np.linalg.norm(e)
-        assert err_norm <= bound, f"{what}: {key}: error norm {err_norm:.2e} > {bound:.2e}"
+        _assert_change_close(ref, got, ref["before/" + key], _leaf_bound(sums, key), G, key, what)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
