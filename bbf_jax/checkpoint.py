@@ -3,7 +3,7 @@
 A checkpoint (``base_dir/checkpoints/<agent_step>``) holds three items written
 atomically by ``orbax.checkpoint.CheckpointManager``:
 
-* ``train_state``: the learner's :class:`~bbf_jax.learner.TrainState` (online and
+* ``train_state``: the learner's :class:`~bbf_jax.agents.bbf.learner.TrainState` (online and
   target parameters, optimizer and loss-scale state, PRNG keys, counters);
 * ``host``: numpy arrays of the host side: the replay buffer (storage, sum tree,
   generator state), the prefetched samples still queued, the live environment's

@@ -1,9 +1,11 @@
-"""Configuration: frozen, gin-configurable dataclasses and pure derived values.
+"""Configuration shared by every agent: field checks, replay, environment, run, agent choice.
 
-Every experiment is described by one :class:`ExperimentConfig` made of small frozen
-dataclasses. Gin binds their fields (``AgentConfig.batch_size = 32``); nothing is
-ever written back into them. Quantities that follow from several fields (gradient
-steps per environment step, group size, ...) come from :func:`derive`.
+Every experiment is described by one frozen dataclass of small frozen dataclasses
+(the agent's ``ExperimentConfig``, e.g. :class:`bbf_jax.agents.bbf.config.ExperimentConfig`).
+Gin binds their fields by bare class name (``RunConfig.seed = 3``); nothing is ever
+written back into them. :class:`Experiment` picks the agent. The classes here are the
+parts every agent uses as they are; each agent's own network and learning
+hyperparameters live in its folder (``bbf_jax/agents/<name>/config.py``).
 
 Defaults are the official BBF.gin values (``official_bbf_spec.md`` §2). Behaviour of
 the official code that we consider a quirk or bug is a named switch whose default is
@@ -19,12 +21,12 @@ from typing import Any, Literal
 import gin
 
 QuirkMode = Literal["official", "corrected"]
-_QUIRK_MODES = ("official", "corrected")
+QUIRK_MODES = ("official", "corrected")
 
 
 @dataclasses.dataclass(frozen=True)
 class Check:
-    """What one config field accepts (kept in the field's metadata, see :func:`_f`).
+    """What one config field accepts (kept in the field's metadata, see :func:`checked`).
 
     Attributes:
       kind: 'int' (a Python int, not a bool), 'number' (a finite int or float, not a
@@ -94,29 +96,29 @@ def _fmt(bound) -> str:
     return "2**32" if bound == 2**32 else f"{bound:g}" if bound is not None else ""
 
 
-def _f(default, kind: str, **kw) -> Any:
+def checked(default, kind: str, **kw) -> Any:
     """A dataclass field with its :class:`Check`."""
     return dataclasses.field(default=default, metadata={"check": Check(kind, **kw)})
 
 
-def _positive_int(default):
-    return _f(default, "int", lo=1)
+def positive_int(default):
+    return checked(default, "int", lo=1)
 
 
-def _count(default):  # an integer >= 0
-    return _f(default, "int", lo=0)
+def count(default):  # an integer >= 0
+    return checked(default, "int", lo=0)
 
 
-def _probability(default, optional: bool = False):
-    return _f(default, "number", lo=0, hi=1, optional=optional)
+def probability(default, optional: bool = False):
+    return checked(default, "number", lo=0, hi=1, optional=optional)
 
 
-def _bool(default):
-    return _f(default, "bool")
+def flag(default):
+    return checked(default, "bool")
 
 
-def _choice(default, *choices):
-    return _f(default, "choice", choices=choices)
+def choice(default, *choices):
+    return checked(default, "choice", choices=choices)
 
 
 def validate(config) -> None:
@@ -136,168 +138,6 @@ def validate(config) -> None:
         value = getattr(config, field.name)
         if not check.allows(value):
             raise ValueError(f"{owner}.{field.name} must be {check.describe()}, got {value!r}")
-
-
-@gin.configurable
-@dataclasses.dataclass(frozen=True)
-class NetworkConfig:
-    """The Q network, SPR transition model and heads (spec §3).
-
-    Attributes:
-      encoder_type: 'impala' (BBF) or 'dqn' (3-conv Nature/Rainbow encoder, SAME padding).
-      width_scale: channel multiplier of the encoder; 4 for BBF.
-      num_blocks: residual blocks per IMPALA stage.
-      hidden_dim: width of the projection (and of the SPR predictor).
-      renormalize: per-example min-max renormalisation of latents (spec §3.5).
-      dueling: dueling head (combination in logit space, spec §3.6).
-      noisy: factorised noisy dense layers in projection and head (spec §3.9).
-      num_atoms: C51 atoms; 1 selects a scalar Q head (DrQ-style Huber loss).
-      vmax: the C51 support is linspace(-vmax, vmax, num_atoms).
-      compute_dtype: dtype of the encoder and transition-model computation
-        ('float32', 'bfloat16', 'float16'); parameters, projection, predictor and
-        head always stay float32 (spec §10).
-    """
-
-    encoder_type: str = _choice("impala", "impala", "dqn")
-    width_scale: float = _f(4.0, "number", lo=0, lo_open=True)
-    num_blocks: int = _positive_int(2)
-    hidden_dim: int = _positive_int(2048)
-    renormalize: bool = _bool(True)
-    dueling: bool = _bool(True)
-    noisy: bool = _bool(False)
-    num_atoms: int = _positive_int(51)
-    vmax: float = _f(10.0, "number", lo=0, lo_open=True)
-    compute_dtype: str = _choice("float32", "float32", "bfloat16", "float16")
-
-    def __post_init__(self):
-        validate(self)
-
-    @property
-    def distributional(self) -> bool:
-        return self.num_atoms > 1
-
-
-@gin.configurable
-@dataclasses.dataclass(frozen=True)
-class AgentConfig:
-    """Learning hyperparameters (spec §2, §5, §6).
-
-    Attributes:
-      batch_size: minibatch size of one gradient step.
-      replay_ratio: transitions sampled per environment step (official units:
-        divide by batch_size for gradient steps per env step; BBF: 64 -> 2).
-      batches_to_group: gradient steps fused into one jitted dispatch (lax.scan).
-      spr_weight: weight of the SPR loss; 0 disables SPR and the transition model.
-      jumps: SPR prediction horizon K (subsequence length K + 1).
-      data_augmentation: DrQ pad-and-crop + intensity augmentation in training.
-      double_dqn: select the bootstrap action with the online network.
-      gamma: final discount of each annealing cycle.
-      min_gamma: discount at the start of each cycle (None: gamma is constant).
-      update_horizon: final n of the n-step return.
-      max_update_horizon: n at the start of each cycle (None: n is constant).
-      cycle_steps: gradient steps over which n and gamma anneal after each reset.
-      learning_rate: AdamW learning rate of projection, predictor and head.
-      encoder_learning_rate: AdamW learning rate of encoder and transition model.
-      adam_eps: Adam epsilon (added outside the square root).
-      weight_decay: decoupled AdamW weight decay on rank != 1 leaves.
-      target_update_tau: EMA coefficient of the target network.
-      target_update_period: gradient steps between target updates.
-      target_action_selection: act with the target network (train and eval).
-      min_replay_history: transitions collected before learning starts.
-      epsilon_train: final training epsilon.
-      epsilon_eval: evaluation epsilon.
-      epsilon_decay_period: env steps of the linear epsilon decay after warm-up.
-    """
-
-    batch_size: int = _positive_int(32)
-    replay_ratio: int = _positive_int(64)
-    batches_to_group: int = _positive_int(2)
-    spr_weight: float = _f(5.0, "number", lo=0)
-    jumps: int = _count(5)
-    data_augmentation: bool = _bool(True)
-    double_dqn: bool = _bool(True)
-    gamma: float = _probability(0.997)
-    min_gamma: float | None = _probability(0.97, optional=True)
-    update_horizon: int = _positive_int(3)
-    max_update_horizon: int | None = _f(10, "int", lo=1, optional=True)
-    cycle_steps: int = _positive_int(10_000)
-    learning_rate: float = _f(1e-4, "number", lo=0)
-    encoder_learning_rate: float = _f(1e-4, "number", lo=0)
-    adam_eps: float = _f(1.5e-4, "number", lo=0)
-    weight_decay: float = _f(0.1, "number", lo=0)
-    target_update_tau: float = _probability(0.005)
-    target_update_period: int = _positive_int(1)
-    target_action_selection: bool = _bool(True)
-    min_replay_history: int = _count(2000)
-    epsilon_train: float = _probability(0.0)
-    epsilon_eval: float = _probability(0.001)
-    epsilon_decay_period: int = _positive_int(2001)
-
-    def __post_init__(self):
-        validate(self)
-        if self.spr_weight > 0 and self.jumps < 1:
-            raise ValueError("AgentConfig.jumps must be >= 1 when spr_weight > 0")
-
-    @property
-    def use_spr(self) -> bool:
-        return self.spr_weight > 0
-
-
-@gin.configurable
-@dataclasses.dataclass(frozen=True)
-class ResetConfig:
-    """Shrink-and-perturb resets (spec §7).
-
-    A reset (spec §7.2) re-initialises every parameter that is not *kept*; the four
-    ``reset_*`` flags decide what is kept, and ``shrink_perturb_keys`` which of the
-    kept modules are interpolated towards the fresh initialisation instead of being
-    copied unchanged. Defaults are the official agent's (BBF.gin leaves the flags
-    alone): keep encoder and transition model, re-initialise projection, predictor,
-    head and noisy-net sigmas.
-
-    Attributes:
-      reset_every: env steps between resets; 0 disables resets.
-      shrink_factor: weight of the old parameters.
-      perturb_factor: weight of the fresh random initialisation.
-      shrink_perturb_keys: top-level modules interpolated as
-        ``shrink_factor * old + perturb_factor * fresh`` when they are kept; kept modules
-        not listed keep their old values; a listed module that is not kept is
-        re-initialised all the same (as in the official code).
-      reset_encoder: re-initialise the encoder (and the SPR transition model); False
-        keeps them.
-      reset_projection: re-initialise the projection (and the SPR predictor); False
-        keeps them.
-      reset_head: re-initialise the Q head (dueling value and advantage); False keeps it.
-      reset_noise: re-initialise the noisy-net sigma leaves (``kernell``, ``biass``);
-        False keeps them wherever they are, also inside re-initialised modules. No
-        effect without noisy nets.
-      no_resets_after: no reset is scheduled beyond this env step.
-      timing: 'official' (current official code: reset_offset 1 and a strict '>'
-        test, resets at 20,002 / 40,003 / 60,004 for BBF) or 'v2023' (the 2023 code:
-        resets at 20,000 / 40,000 / 60,000 / 80,000).
-    """
-
-    reset_every: int = _count(20_000)
-    shrink_factor: float = _probability(0.5)
-    perturb_factor: float = _probability(0.5)
-    shrink_perturb_keys: tuple[str, ...] = _f(
-        ("encoder", "transition_model"), "choices",
-        choices=("encoder", "transition_model", "projection", "predictor", "head"))
-    reset_encoder: bool = _bool(False)
-    reset_projection: bool = _bool(True)
-    reset_head: bool = _bool(True)
-    reset_noise: bool = _bool(True)
-    no_resets_after: int = _count(100_000)
-    timing: str = _choice("official", "official", "v2023")
-
-    def __post_init__(self):
-        if isinstance(self.shrink_perturb_keys, str):
-            # gin users may write "encoder,transition_model" as in the official gin file.
-            keys = tuple(k.strip() for k in self.shrink_perturb_keys.split(",") if k.strip())
-            object.__setattr__(self, "shrink_perturb_keys", keys)
-        elif isinstance(self.shrink_perturb_keys, list):
-            object.__setattr__(self, "shrink_perturb_keys", tuple(self.shrink_perturb_keys))
-        validate(self)
 
 
 @gin.configurable
@@ -322,13 +162,13 @@ class ReplayConfig:
         (spec §5.2); 'corrected' samples each batch right before it is used.
     """
 
-    capacity: int = _positive_int(200_000)
-    prioritized: bool = _bool(True)
-    stack_size: int = _positive_int(4)
-    nstep_bootstrap: str = _choice("official", *_QUIRK_MODES)
-    same_trajectory_mask: str = _choice("official", *_QUIRK_MODES)
-    priority_update: str = _choice("official", *_QUIRK_MODES)
-    prefetch: str = _choice("official", *_QUIRK_MODES)
+    capacity: int = positive_int(200_000)
+    prioritized: bool = flag(True)
+    stack_size: int = positive_int(4)
+    nstep_bootstrap: str = choice("official", *QUIRK_MODES)
+    same_trajectory_mask: str = choice("official", *QUIRK_MODES)
+    priority_update: str = choice("official", *QUIRK_MODES)
+    prefetch: str = choice("official", *QUIRK_MODES)
 
     def __post_init__(self):
         validate(self)
@@ -352,12 +192,12 @@ class EnvConfig:
         protocol of the official ``RR2_BBF+sticky_*`` score files.
     """
 
-    game: str = _f("ChopperCommand", "str")
-    frame_skip: int = _f(4, "int", lo=2)  # the observation pools the last two frames
-    max_noops: int = _count(30)
-    max_steps_per_episode: int = _positive_int(27_000)
-    terminal_on_life_loss: bool = _bool(True)
-    repeat_action_probability: float = _probability(0.0)
+    game: str = checked("ChopperCommand", "str")
+    frame_skip: int = checked(4, "int", lo=2)  # the observation pools the last two frames
+    max_noops: int = count(30)
+    max_steps_per_episode: int = positive_int(27_000)
+    terminal_on_life_loss: bool = flag(True)
+    repeat_action_probability: float = probability(0.0)
 
     def __post_init__(self):
         validate(self)
@@ -403,44 +243,22 @@ class RunConfig:
         for bit (and on CPU faster than 'vmap'). Unused without ``seeds``.
     """
 
-    seed: int = _f(0, "int", lo=0, hi=2**32, hi_open=True)
-    num_train_steps: int = _count(100_000)
-    num_eval_episodes: int = _positive_int(100)
-    eval_every: int = _count(0)
-    log_every: int = _positive_int(100)
-    checkpoint_every: int = _count(10_000)
-    num_devices: int = _count(1)
-    diagnostics_every: int = _count(1000)
-    on_nonfinite: str = _choice("stop", "stop", "skip")
-    seeds: tuple = _f((), "ints", lo=0, hi=2**32, hi_open=True)
-    seed_batching: str = _choice("vmap", "vmap", "map")
+    seed: int = checked(0, "int", lo=0, hi=2**32, hi_open=True)
+    num_train_steps: int = count(100_000)
+    num_eval_episodes: int = positive_int(100)
+    eval_every: int = count(0)
+    log_every: int = positive_int(100)
+    checkpoint_every: int = count(10_000)
+    num_devices: int = count(1)
+    diagnostics_every: int = count(1000)
+    on_nonfinite: str = choice("stop", "stop", "skip")
+    seeds: tuple = checked((), "ints", lo=0, hi=2**32, hi_open=True)
+    seed_batching: str = choice("vmap", "vmap", "map")
 
     def __post_init__(self):
         validate(self)
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"RunConfig.seeds must be distinct, got {self.seeds!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class ExperimentConfig:
-    network: NetworkConfig = dataclasses.field(default_factory=NetworkConfig)
-    agent: AgentConfig = dataclasses.field(default_factory=AgentConfig)
-    reset: ResetConfig = dataclasses.field(default_factory=ResetConfig)
-    replay: ReplayConfig = dataclasses.field(default_factory=ReplayConfig)
-    env: EnvConfig = dataclasses.field(default_factory=EnvConfig)
-    run: RunConfig = dataclasses.field(default_factory=RunConfig)
-
-
-def make_experiment_config() -> ExperimentConfig:
-    """Builds every config dataclass from the currently parsed gin bindings."""
-    return ExperimentConfig(
-        network=NetworkConfig(),
-        agent=AgentConfig(),
-        reset=ResetConfig(),
-        replay=ReplayConfig(),
-        env=EnvConfig(),
-        run=RunConfig(),
-    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -466,51 +284,20 @@ class Derived:
     max_horizon: int
 
 
-def derive(agent: AgentConfig, n_envs: int = 1) -> Derived:
-    """Derives update counts from the replay ratio (spec §5.1), as the official code does.
+AGENTS = ("bbf", "btr")
 
-    With ``B = batch_size``, ``RR = replay_ratio`` and ``n_envs`` parallel train envs:
-    ``updates = max(1, RR * n_envs // B)`` gradient steps every
-    ``update_period = max(1, B // RR * n_envs)`` env steps, i.e. ``(B // RR) * n_envs``
-    (integer division first, the official ``set_replay_settings``), run as ``updates / G``
-    dispatches of ``G = min(batches_to_group, updates)`` steps. With one env this is
-    ``B / RR`` env steps per gradient step; with ``n_envs > 1`` and ``RR < B`` the official
-    period grows with ``n_envs`` instead of shrinking (kept as is; ``bbf-train`` uses one
-    train env).
 
-    Raises:
-      ValueError: if the replay ratio does not give a whole number of gradient steps
-        per env step (or of env steps per gradient step), or if G does not divide the
-        number of gradient steps.
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """Which agent a gin configuration trains.
+
+    Attributes:
+      agent: 'bbf' (default, so that every BBF gin file keeps working unchanged) or
+        'btr' (:mod:`bbf_jax.agents.btr`).
     """
-    rr, b = agent.replay_ratio, agent.batch_size
-    if (rr * n_envs) >= b and (rr * n_envs) % b:
-        raise ValueError(
-            f"invalid replay ratio: AgentConfig.replay_ratio={rr} transitions per env step "
-            f"with batch_size={b} and {n_envs} env(s) is not a whole number of gradient "
-            f"steps ({rr * n_envs / b:g}); use a multiple of {b}"
-        )
-    if rr < b and b % rr:
-        raise ValueError(
-            f"invalid replay ratio: AgentConfig.replay_ratio={rr} with batch_size={b} "
-            f"gives one gradient step every {b / rr:g} env steps; use a divisor of {b}"
-        )
-    updates = max(1, rr * n_envs // b)
-    period = max(1, b // rr * n_envs)
-    group = min(agent.batches_to_group, updates)
-    if updates % group:
-        raise ValueError(
-            f"AgentConfig.batches_to_group={agent.batches_to_group} does not divide the "
-            f"{updates} gradient steps per env step"
-        )
-    seq_len = agent.jumps + 1 if agent.use_spr else 1
-    max_horizon = max(agent.update_horizon, agent.max_update_horizon or 0)
-    return Derived(
-        gradient_steps_per_update=updates,
-        update_period=period,
-        batches_to_group=group,
-        dispatches_per_update=updates // group,
-        group_size=group * b,
-        seq_len=seq_len,
-        max_horizon=max_horizon,
-    )
+
+    agent: str = choice("bbf", *AGENTS)
+
+    def __post_init__(self):
+        validate(self)

@@ -59,7 +59,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bbf_jax.learner import global_norm
+from bbf_jax.agents.bbf.learner import global_norm
 from bbf_jax.networks import BBFNetwork
 
 HELD_OUT_SIZE = 256

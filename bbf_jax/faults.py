@@ -13,7 +13,7 @@ import shutil
 
 import numpy as np
 
-from bbf_jax.learner import NONFINITE_CHECKED
+from bbf_jax.agents.bbf.learner import NONFINITE_CHECKED
 
 EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: try again later (rerun to resume)
 EXIT_NONFINITE = 3

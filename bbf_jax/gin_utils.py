@@ -1,4 +1,4 @@
-"""Parsing gin files and bindings into an :class:`~bbf_jax.config.ExperimentConfig`."""
+"""Parsing gin files and bindings into the selected agent's ``ExperimentConfig``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import gin
 
-from bbf_jax import config as config_lib
+from bbf_jax import agents
 
 _SEARCH_PATHS: set[str] = set()
 
@@ -20,7 +20,7 @@ class ConfigError(ValueError):
 
 def parse(
     gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = ()
-) -> config_lib.ExperimentConfig:
+):
     """Clears gin, parses ``gin_files`` then ``gin_bindings``, and builds the configs.
 
     Raises:
@@ -30,6 +30,7 @@ def parse(
     for f in gin_files:
         if not pathlib.Path(f).is_file():
             raise ConfigError(f"gin file not found: {f}")
+    agents.register_all()
     gin.clear_config()
     for f in gin_files:  # `include 'X.gin'` resolves next to the including file
         directory = str(pathlib.Path(f).resolve().parent)
@@ -41,7 +42,7 @@ def parse(
             gin.parse_config_files_and_bindings(
                 list(gin_files), list(gin_bindings), skip_unknown=False, finalize_config=False
             )
-        return config_lib.make_experiment_config()
+        return agents.make_experiment_config()
     except (ValueError, TypeError, SyntaxError, KeyError, OSError) as e:
         # gin appends "In call to configurable ..." lines; the message names the binding.
         msg = [m.strip() for m in str(e).strip().splitlines()]

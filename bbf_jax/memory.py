@@ -16,7 +16,7 @@ import pathlib
 import jax
 import numpy as np
 
-from bbf_jax.config import ExperimentConfig
+from bbf_jax.agents.bbf.config import ExperimentConfig
 from bbf_jax.envs.atari import SCREEN_SIZE
 
 GIB = 2.0**30

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import optax
 
-from bbf_jax.config import AgentConfig
+from bbf_jax.agents.bbf.config import AgentConfig
 
 ENCODER_KEYS = frozenset({"encoder", "transition_model"})
 

@@ -13,7 +13,7 @@ Why ``jax.jit`` with ``NamedSharding`` over a mesh, and not ``pmap`` or ``shard_
   (``device_put_replicated``) are gone. New code should use ``jit`` over a mesh or
   ``shard_map``.
 * With ``jit`` the learner's single-device code runs unchanged: the batch axis of
-  :class:`~bbf_jax.learner.TrainBatch` is sharded, the state replicated, and the XLA
+  :class:`~bbf_jax.agents.bbf.learner.TrainBatch` is sharded, the state replicated, and the XLA
   partitioner turns the global-batch mean of the loss into per-device partial sums plus
   one all-reduce, i.e. the ``pmean`` of per-device gradients (equal shards). The metrics
   are global-batch means the same way.
@@ -52,7 +52,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from bbf_jax.learner import FrameBatch, Learner, TrainBatch, to_train_batch
+from bbf_jax.agents.bbf.learner import FrameBatch, Learner, TrainBatch, to_train_batch
 
 DATA_AXIS = "data"
 SHUTDOWN_TIMEOUT_S = 24 * 3600
@@ -190,7 +190,7 @@ def make_put_fn(mesh: Mesh, batches_to_group: int, batch_size: int) -> Callable[
 
     ``batch_size`` is the global minibatch size B and every process passes the whole
     global sample of ``G * B`` rows (the same on every process).
-    :func:`~bbf_jax.learner.to_train_batch` groups it into ``(G, B, ...)`` (importance
+    :func:`~bbf_jax.agents.bbf.learner.to_train_batch` groups it into ``(G, B, ...)`` (importance
     weights normalised over all ``G * B``, spec §4.8); process p keeps rows
     ``p * B / P .. (p + 1) * B / P - 1`` of every minibatch, which :func:`shard_batch`
     places on its devices.
@@ -210,7 +210,7 @@ def make_put_fn(mesh: Mesh, batches_to_group: int, batch_size: int) -> Callable[
 
 # ------------------------------------------------------------------ the update
 def make_parallel_train_steps(learner: Learner, mesh: Mesh) -> Callable:
-    """Jitted data-parallel :meth:`~bbf_jax.learner.Learner.train_steps`.
+    """Jitted data-parallel :meth:`~bbf_jax.agents.bbf.learner.Learner.train_steps`.
 
     Same signature and results as ``learner.train_steps(state, batches, hparams)``:
     ``state`` and ``hparams`` replicated (copied if they are not yet), ``batches``
@@ -257,7 +257,7 @@ def over_seeds(fn: Callable, batching: str, num_shared: int = 0) -> Callable:
 
 
 def make_group_train_steps(learner: Learner, mesh: Mesh, batching: str = "vmap") -> Callable:
-    """Jitted :meth:`~bbf_jax.learner.Learner.train_steps` of N seeds in one dispatch.
+    """Jitted :meth:`~bbf_jax.agents.bbf.learner.Learner.train_steps` of N seeds in one dispatch.
 
     ``fn(states, batches, hparams) -> (states, metrics)``: ``states`` is N train states
     stacked on a leading axis (replicated); ``batches`` a tuple of N ``(G, B, ...)``

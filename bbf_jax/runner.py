@@ -31,14 +31,15 @@ import tqdm
 
 import bbf_jax
 from bbf_jax import checkpoint as ckpt
-from bbf_jax import faults, metrics_io, parallel, resets, schedules
-from bbf_jax.acting import select_actions
+from bbf_jax import faults, metrics_io, parallel, schedules
+from bbf_jax.agents.bbf import resets
+from bbf_jax.agents.bbf.acting import select_actions
+from bbf_jax.agents.bbf.config import Derived, ExperimentConfig, derive
+from bbf_jax.agents.bbf.learner import HParams, make_learner
 from bbf_jax.atari_games import human_normalized_score
-from bbf_jax.config import Derived, ExperimentConfig, derive
 from bbf_jax.diagnostics import Diagnostics
 from bbf_jax.envs import AtariEnv, FrameStack, clip_reward, evaluate
 from bbf_jax.jit_once import jit_once
-from bbf_jax.learner import HParams, make_learner
 from bbf_jax.replay import BatchPipeline, ReplaySample, SubsequenceReplay, priorities_to_set
 from bbf_jax.report.curves import plot_run_curves
 from bbf_jax.report.verdict import verdict_for_run

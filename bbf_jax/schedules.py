@@ -11,7 +11,8 @@ import dataclasses
 
 import numpy as np
 
-from bbf_jax.config import AgentConfig, QuirkMode, ResetConfig
+from bbf_jax.agents.bbf.config import AgentConfig, ResetConfig
+from bbf_jax.config import QuirkMode
 
 
 def exponential_decay(

@@ -34,11 +34,12 @@ import numpy as np
 import tqdm
 
 from bbf_jax import checkpoint as ckpt
-from bbf_jax import faults, parallel, resets, schedules
-from bbf_jax.acting import select_actions
-from bbf_jax.config import ExperimentConfig, ResetConfig
+from bbf_jax import faults, parallel, schedules
+from bbf_jax.agents.bbf import resets
+from bbf_jax.agents.bbf.acting import select_actions
+from bbf_jax.agents.bbf.config import ExperimentConfig, ResetConfig
+from bbf_jax.agents.bbf.learner import Learner
 from bbf_jax.jit_once import jit_once
-from bbf_jax.learner import Learner
 from bbf_jax.runner import Runner, schedule_summary
 
 
@@ -61,7 +62,7 @@ def make_group_select(learner: Learner, batching: str):
     with ``params`` (N stacked parameter trees), ``states`` ``(N, 1, 84, 84, S)`` uint8,
     ``keys`` ``(N, 2)`` uint32 and ``epsilon`` a float32 scalar; returns the N new keys
     and the ``(N, 1)`` int32 actions, seed k's as the single run's
-    :func:`~bbf_jax.acting.select_actions` (bit for bit with ``batching = 'map'``)."""
+    :func:`~bbf_jax.agents.bbf.acting.select_actions` (bit for bit with ``batching = 'map'``)."""
     network = learner.network
     return jax.jit(parallel.over_seeds(
         lambda params, states, key, eps: select_actions(network, params, states, key, eps),
@@ -70,7 +71,7 @@ def make_group_select(learner: Learner, batching: str):
 
 def make_group_reset(learner: Learner, reset: ResetConfig, batching: str):
     """Jitted reset of N seeds: ``fn(states) -> states`` on N train states stacked on a
-    leading axis, seed k's as the single run's :func:`~bbf_jax.resets.reset_state` (bit
+    leading axis, seed k's as the single run's :func:`~bbf_jax.agents.bbf.resets.reset_state` (bit
     for bit with ``batching = 'map'``). Compiled as the single run's reset
     (:func:`~bbf_jax.jit_once.jit_once`: it runs a few times per run)."""
     return jit_once(parallel.over_seeds(

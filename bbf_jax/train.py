@@ -88,9 +88,9 @@ def main(argv=None) -> int:
     import jax
 
     from bbf_jax import caches, gin_utils
+    from bbf_jax.agents.bbf.config import derive
     from bbf_jax.atari_games import canonical_game_name
     from bbf_jax.checkpoint import CheckpointError
-    from bbf_jax.config import derive
     from bbf_jax.seeds import RunSeeds
 
     caches.enable_compilation_cache()  # before the first compilation
@@ -195,8 +195,8 @@ def _check_memory(cfg) -> str:
     import jax
 
     from bbf_jax import memory
+    from bbf_jax.agents.bbf.learner import make_learner
     from bbf_jax.envs import AtariEnv
-    from bbf_jax.learner import make_learner
 
     num_actions = AtariEnv(cfg.env.game, cfg.env).num_actions
     learner = make_learner(cfg.agent, cfg.network, num_actions)

@@ -53,7 +53,7 @@ import numpy as np
 from machine import commit, cpu_name
 
 from bbf_jax import gin_utils, parallel
-from bbf_jax.acting import select_actions
+from bbf_jax.agents.bbf.acting import select_actions
 from bbf_jax.runner import Runner
 from bbf_jax.seed_group import SeedGroup
 

@@ -24,10 +24,10 @@ import jax
 import numpy as np
 from machine import append_csv, commit, cpu_name
 
-from bbf_jax import resets
-from bbf_jax.config import AgentConfig, NetworkConfig, ResetConfig
+from bbf_jax.agents.bbf import resets
+from bbf_jax.agents.bbf.config import AgentConfig, NetworkConfig, ResetConfig
+from bbf_jax.agents.bbf.learner import make_learner
 from bbf_jax.jit_once import compiler_options
-from bbf_jax.learner import make_learner
 from bbf_jax.networks import init_params
 
 

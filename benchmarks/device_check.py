@@ -158,7 +158,7 @@ def measure_train_step(cfg, num_actions: int, initial: list, dtype: str, group: 
     from train_step import random_sample, time_dispatches
 
     from bbf_jax import parallel
-    from bbf_jax.learner import make_learner
+    from bbf_jax.agents.bbf.learner import make_learner
     from bbf_jax.networks import param_count
 
     agent = dataclasses.replace(cfg.agent, batches_to_group=group)
@@ -332,8 +332,8 @@ def main(argv=None) -> int:
     from machine import append_csv, commit, device_name
 
     from bbf_jax import caches
+    from bbf_jax.agents.bbf.learner import make_learner
     from bbf_jax.envs import AtariEnv
-    from bbf_jax.learner import make_learner
 
     cache = caches.enable_compilation_cache()  # as bbf-train: (b) reuses (a)'s programs
     cache_hits = CacheHits()

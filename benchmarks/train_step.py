@@ -190,8 +190,8 @@ def measure(network: str, dtype: str, group: int, devices: int, repeats: int,
     import jax
 
     from bbf_jax import parallel
-    from bbf_jax.config import AgentConfig, NetworkConfig
-    from bbf_jax.learner import make_learner
+    from bbf_jax.agents.bbf.config import AgentConfig, NetworkConfig
+    from bbf_jax.agents.bbf.learner import make_learner
     from bbf_jax.networks import param_count
 
     agent = AgentConfig(batch_size=BATCH_SIZE, batches_to_group=group)

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bbf_jax.acting import select_actions
-from bbf_jax.config import NetworkConfig
+from bbf_jax.agents.bbf.acting import select_actions
+from bbf_jax.agents.bbf.config import NetworkConfig
 from bbf_jax.networks import init_params, make_network
 
 N, A = 5, 6

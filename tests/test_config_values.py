@@ -1,4 +1,5 @@
-"""Every gin-bound config field is checked against its type and range (bbf_jax/config.py)."""
+"""Every gin-bound config field is checked against its type and range (bbf_jax/config.py
+and each agent's config)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import pytest
 
 from bbf_jax import config as C
 from bbf_jax import gin_utils
+from bbf_jax.agents.bbf import config as BBF
 
-CONFIGS = {c.__name__: c for c in (C.NetworkConfig, C.AgentConfig, C.ResetConfig,
-                                   C.ReplayConfig, C.EnvConfig, C.RunConfig)}
+CONFIGS = {c.__name__: c for c in (BBF.NetworkConfig, BBF.AgentConfig, BBF.ResetConfig,
+                                   C.ReplayConfig, C.EnvConfig, C.RunConfig, C.Experiment)}
 NAN, INF = math.nan, math.inf
 
 # field: (values it accepts, values it rejects, what the error says is allowed)
@@ -111,6 +113,9 @@ TABLE = {
         "seed_batching": (["vmap", "map"], ["pmap", "Map", "", None],
                           "one of ['vmap', 'map']"),
     },
+    "Experiment": {
+        "agent": (["bbf", "btr"], ["BBF", "rainbow", "", None], "one of ['bbf', 'btr']"),
+    },
 }
 
 CASES = [(c, f) for c, fields in TABLE.items() for f in fields]
@@ -147,7 +152,7 @@ def test_seeds_must_be_distinct():
 
 
 def test_comma_separated_shrink_perturb_keys_are_a_tuple():
-    assert C.ResetConfig(shrink_perturb_keys="encoder, head").shrink_perturb_keys == (
+    assert BBF.ResetConfig(shrink_perturb_keys="encoder, head").shrink_perturb_keys == (
         "encoder", "head")
 
 

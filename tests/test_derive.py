@@ -2,7 +2,7 @@
 
 import pytest
 
-from bbf_jax.config import AgentConfig, derive
+from bbf_jax.agents.bbf.config import AgentConfig, derive
 
 
 @pytest.mark.parametrize(

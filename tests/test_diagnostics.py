@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from bbf_jax import diagnostics as diag
-from bbf_jax.config import AgentConfig, NetworkConfig, RunConfig
-from bbf_jax.learner import make_learner
+from bbf_jax.agents.bbf.config import AgentConfig, NetworkConfig
+from bbf_jax.agents.bbf.learner import make_learner
+from bbf_jax.config import RunConfig
 from bbf_jax.replay import SubsequenceReplay
 from bbf_jax.report import cli
 from bbf_jax.report.curves import metric_panels, read_log, reset_steps

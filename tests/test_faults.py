@@ -233,7 +233,7 @@ def test_resume_from_a_missing_step_names_the_steps_there():
 @pytest.mark.parametrize("prioritized", [True, False])
 def test_replay_bytes_is_the_size_of_a_full_buffer(prioritized):
     from bbf_jax import memory
-    from bbf_jax.config import derive
+    from bbf_jax.agents.bbf.config import derive
     from bbf_jax.replay import SubsequenceReplay
 
     cfg = gin_utils.parse([SMOKE], [f"ReplayConfig.prioritized = {prioritized}"])

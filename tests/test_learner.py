@@ -10,8 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from bbf_jax.config import AgentConfig, NetworkConfig
-from bbf_jax.learner import (
+from bbf_jax.agents.bbf.config import AgentConfig, NetworkConfig
+from bbf_jax.agents.bbf.learner import (
     FrameBatch,
     HParams,
     TrainBatch,

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bbf_jax.config import NetworkConfig
+from bbf_jax.agents.bbf.config import NetworkConfig
 from bbf_jax.crosscheck import cli
 from bbf_jax.jit_once import jit_once
 from bbf_jax.networks import init_params, make_network, param_count

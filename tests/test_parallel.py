@@ -39,7 +39,7 @@ FLOAT16_SCALES = {"float16_overflow": 2.0**40, "float16_finite": 2.0**8}
 
 # ----------------------------------------------------------------------- shared setup
 def _configs(compute_dtype: str = "float32"):
-    from bbf_jax.config import AgentConfig, NetworkConfig
+    from bbf_jax.agents.bbf.config import AgentConfig, NetworkConfig
 
     batch = B16 if compute_dtype == "float16" else B
     agent = AgentConfig(batch_size=batch, batches_to_group=G, jumps=1)
@@ -74,7 +74,7 @@ def _samples(seq_len: int, batch: int = B):
 
 def _hparams(i: int):
     """Different traced hyperparameters per dispatch (as the schedules produce)."""
-    from bbf_jax.learner import HParams
+    from bbf_jax.agents.bbf.learner import HParams
 
     return HParams(
         np.float32(0.005 * (i + 1)), np.float32(1e-4 * (i + 1)), np.float32(2e-4 / (i + 1))
@@ -95,9 +95,10 @@ def _worker_devices(out: pathlib.Path) -> None:
     """One process, 4 CPU devices: meshes of 1, 2 and 4 devices, float32 and float16."""
     import jax
 
-    from bbf_jax import parallel, resets
-    from bbf_jax.config import AgentConfig, ResetConfig
-    from bbf_jax.learner import make_learner
+    from bbf_jax import parallel
+    from bbf_jax.agents.bbf import resets
+    from bbf_jax.agents.bbf.config import AgentConfig, ResetConfig
+    from bbf_jax.agents.bbf.learner import make_learner
     from bbf_jax.replay import BatchPipeline
 
     assert jax.device_count() == 4, jax.devices()
@@ -176,7 +177,7 @@ def _worker_devices(out: pathlib.Path) -> None:
 
 
 def _train_batch(sample, batch: int):
-    from bbf_jax.learner import to_train_batch
+    from bbf_jax.agents.bbf.learner import to_train_batch
 
     return to_train_batch(sample, G, batch)
 
@@ -189,7 +190,7 @@ def _worker_process(out: pathlib.Path, process_id: int, port: int) -> None:
     import jax
     from jax.experimental import multihost_utils
 
-    from bbf_jax.learner import make_learner
+    from bbf_jax.agents.bbf.learner import make_learner
 
     assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 4, 2)
     agent, net = _configs()

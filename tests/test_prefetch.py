@@ -155,7 +155,7 @@ def test_pending_round_trip_restores_the_same_batches():
 
 def test_pipeline_feeds_device_batches_through_make_put_fn():
     from bbf_jax import parallel
-    from bbf_jax.learner import FrameBatch, to_train_batch
+    from bbf_jax.agents.bbf.learner import FrameBatch, to_train_batch
 
     rb = _buffer()
     mesh = parallel.make_mesh(1)
@@ -173,7 +173,7 @@ def test_make_put_fn_shards_minibatch_rows_over_several_devices():
     code = (
         "import numpy as np, jax\n"
         "from bbf_jax import parallel\n"
-        "from bbf_jax.learner import to_train_batch\n"
+        "from bbf_jax.agents.bbf.learner import to_train_batch\n"
         "from bbf_jax.replay import SubsequenceReplay\n"
         "rb = SubsequenceReplay(64, 1, 2, 3, frame_shape=(84, 84))\n"
         "for i in range(30):\n"

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from bbf_jax.config import AgentConfig, ReplayConfig, derive
+from bbf_jax.agents.bbf.config import AgentConfig, derive
+from bbf_jax.config import ReplayConfig
 from bbf_jax.replay import SubsequenceReplay, sampling
 
 FRAME = (2, 3)

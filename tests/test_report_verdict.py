@@ -88,7 +88,8 @@ def test_describe_prints_the_numbers():
 
 
 def test_a_run_at_the_official_budget_is_compared_with_the_official_seeds():
-    from bbf_jax.config import EnvConfig, ExperimentConfig, RunConfig
+    from bbf_jax.agents.bbf.config import ExperimentConfig
+    from bbf_jax.config import EnvConfig, RunConfig
     from bbf_jax.report.verdict import verdict_for_run
 
     cfg = ExperimentConfig(env=EnvConfig(game="Boxing"), run=RunConfig(num_train_steps=100_000))

@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bbf_jax.config import AgentConfig, NetworkConfig, ResetConfig
+from bbf_jax.agents.bbf.config import AgentConfig, NetworkConfig, ResetConfig
+from bbf_jax.agents.bbf.learner import make_learner
+from bbf_jax.agents.bbf.resets import interpolate, kept_keys, reset_state, shrink_perturb
 from bbf_jax.jit_once import jit_once
-from bbf_jax.learner import make_learner
 from bbf_jax.optim import make_optimizer
-from bbf_jax.resets import interpolate, kept_keys, reset_state, shrink_perturb
 
 KEPT = ("encoder", "transition_model")
 FRESH = ("projection", "predictor", "head")

@@ -20,16 +20,9 @@ import pytest
 
 from bbf_jax import checkpoint as ckpt
 from bbf_jax import runner as runner_module
+from bbf_jax.agents.bbf.config import AgentConfig, ExperimentConfig, NetworkConfig, ResetConfig
 from bbf_jax.atari_games import canonical_game_name
-from bbf_jax.config import (
-    AgentConfig,
-    EnvConfig,
-    ExperimentConfig,
-    NetworkConfig,
-    ReplayConfig,
-    ResetConfig,
-    RunConfig,
-)
+from bbf_jax.config import EnvConfig, ReplayConfig, RunConfig
 from bbf_jax.diagnostics import Diagnostics
 from bbf_jax.envs import evaluation
 from bbf_jax.envs.atari import SCREEN_SIZE, StepResult

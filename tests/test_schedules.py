@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bbf_jax import schedules as S
-from bbf_jax.config import AgentConfig, ResetConfig
+from bbf_jax.agents.bbf.config import AgentConfig, ResetConfig
 from bbf_jax.crosscheck.fixture_io import compare
 from bbf_jax.crosscheck.kinds.schedules import float_tolerance
 

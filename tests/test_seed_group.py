@@ -50,7 +50,7 @@ ACT_STATES = 16  # frame stacks each seed acts on (its greedy actions compared b
 
 
 def _configs():
-    from bbf_jax.config import AgentConfig, NetworkConfig
+    from bbf_jax.agents.bbf.config import AgentConfig, NetworkConfig
 
     agent = AgentConfig(batch_size=B, batches_to_group=G, jumps=1)
     return agent, NetworkConfig(encoder_type="dqn", width_scale=0.25, hidden_dim=64)
@@ -69,7 +69,7 @@ def _slice(tree, k: int):
 
 @pytest.fixture(scope="module")
 def learner():
-    from bbf_jax.learner import make_learner
+    from bbf_jax.agents.bbf.learner import make_learner
 
     return make_learner(*_configs(), NUM_ACTIONS)
 
@@ -190,7 +190,7 @@ def test_group_acts_as_each_seeds_single_run(learner, states):
     """'map': keys and actions bit for bit. 'vmap': keys and random actions (PRNG bits)
     exact; each greedy action's Q-value (the single run's network) within the network's
     output tolerance of the best one, so ties within rounding may go either way."""
-    from bbf_jax.acting import select_actions
+    from bbf_jax.agents.bbf.acting import select_actions
     from bbf_jax.seed_group import _stack, make_group_select
 
     inits, frames = states
@@ -225,8 +225,8 @@ def test_group_resets_each_seed_as_its_single_run(learner, states):
     """'map': every leaf bit for bit. 'vmap': integers (PRNG keys, counters) exact, floats
     within the elementwise rounding of shrink-and-perturb (``shrink * old + perturb *
     fresh``: three roundings of the magnitude)."""
-    from bbf_jax import resets
-    from bbf_jax.config import ResetConfig
+    from bbf_jax.agents.bbf import resets
+    from bbf_jax.agents.bbf.config import ResetConfig
     from bbf_jax.jit_once import jit_once
     from bbf_jax.seed_group import _stack, make_group_reset
 
@@ -261,7 +261,8 @@ def test_a_seed_of_a_group_is_its_single_run():
     import dataclasses
     import pathlib
 
-    from bbf_jax.config import ExperimentConfig, RunConfig
+    from bbf_jax.agents.bbf.config import ExperimentConfig
+    from bbf_jax.config import RunConfig
     from bbf_jax.runner import fingerprint
     from bbf_jax.seed_group import member_config, seed_dir
 

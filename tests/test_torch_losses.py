@@ -11,7 +11,7 @@ import optax
 import pytest
 import torch
 
-from bbf_jax.config import NetworkConfig
+from bbf_jax.agents.bbf.config import NetworkConfig
 from bbf_jax.crosscheck import torch_losses as tl
 from bbf_jax.crosscheck import torch_reference as tr
 from bbf_jax.crosscheck.fixture_io import compare, flatten_tree, load_fixture, unflatten_tree

@@ -13,12 +13,12 @@ import re
 import numpy as np
 import pytest
 
-from bbf_jax.config import AgentConfig, NetworkConfig
+from bbf_jax.agents.bbf.config import AgentConfig, NetworkConfig
+from bbf_jax.agents.bbf.learner import make_learner
 from bbf_jax.crosscheck import torch_cli
 from bbf_jax.crosscheck.cli import main
 from bbf_jax.crosscheck.fixture_io import save_fixture
 from bbf_jax.crosscheck.kinds import losses as losses_kind
-from bbf_jax.learner import make_learner
 
 pytestmark = pytest.mark.usefixtures("parity")
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from bbf_jax import tolerance
-from bbf_jax.config import NetworkConfig
+from bbf_jax.agents.bbf.config import NetworkConfig
 from bbf_jax.crosscheck import torch_reference as tr
 from bbf_jax.crosscheck.fixture_io import compare, flatten_tree, load_fixture, unflatten_tree
 from bbf_jax.crosscheck.reductions import network_reductions

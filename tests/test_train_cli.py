@@ -300,9 +300,9 @@ def test_every_gin_config_builds(gin_file, monkeypatch):
     import jax
 
     from bbf_jax import gin_utils
+    from bbf_jax.agents.bbf.config import derive
+    from bbf_jax.agents.bbf.learner import make_learner
     from bbf_jax.atari_games import canonical_game_name
-    from bbf_jax.config import derive
-    from bbf_jax.learner import make_learner
 
     monkeypatch.chdir(ROOT)  # include lines are relative to the project root
     cfg = gin_utils.parse([str(gin_file)])

@@ -3,7 +3,7 @@
 :mod:`bbf_jax.tolerance` bounds a network output by the length and depth of the sums
 behind it, and a gradient also by the number of batch positions its kernel sums over
 (where rounding can flip a ReLU or min/max kink). This module reads those numbers off
-a :class:`~bbf_jax.config.NetworkConfig` for 84x84 observations.
+a :class:`~bbf_jax.agents.bbf.config.NetworkConfig` for 84x84 observations.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import math
 import re
 
 from bbf_jax import tolerance
-from bbf_jax.config import NetworkConfig
+from bbf_jax.agents.bbf.config import NetworkConfig
 
 OBS_HW = 84
 LATENT_HW = 11  # both encoders map 84x84 to 11x11 (SAME padding)

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bbf_jax.config import NetworkConfig
+from bbf_jax.agents.bbf.config import NetworkConfig
 
 _IMPALA_DIMS = (16, 32, 32)
 _DQN_DIMS = (32, 64, 64)
@@ -402,7 +402,7 @@ class BBFTorchNetwork(nn.Module):
     """Encoder, transition model, projection, predictor and Q head (spec §3).
 
     Args:
-      config: the network's :class:`~bbf_jax.config.NetworkConfig`. Only float32 is
+      config: the network's :class:`~bbf_jax.agents.bbf.config.NetworkConfig`. Only float32 is
         supported (``compute_dtype`` must be 'float32').
       num_actions: A.
       obs_shape: one observation as ``(H, W, C)`` (the official ``state_shape``).

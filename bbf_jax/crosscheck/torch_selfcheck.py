@@ -39,7 +39,7 @@ class UnsupportedConfig(ValueError):
 
 def make_learner(exp, num_actions: int, batch_size: int):
     """The bbf_jax learner of ``exp``: one minibatch per step, augmentation off."""
-    from bbf_jax.learner import make_learner as make
+    from bbf_jax.agents.bbf.learner import make_learner as make
 
     if exp.network.num_atoms < 2:
         raise UnsupportedConfig(
@@ -60,13 +60,13 @@ def make_learner(exp, num_actions: int, batch_size: int):
 
 
 def random_batch(learner, rng: np.random.Generator):
-    """A random :class:`~bbf_jax.learner.TrainBatch` ``(B, ...)`` drawn with numpy.
+    """A random :class:`~bbf_jax.agents.bbf.learner.TrainBatch` ``(B, ...)`` drawn with numpy.
 
     uint8 frames, uniform actions, N(0, 1) returns, 20 % terminals, the replay's
     cumulative same-trajectory mask (column 0 always 1), discount float32(gamma^n)
     and importance weights from uniform(0.5, 2) priorities.
     """
-    from bbf_jax.learner import TrainBatch, importance_weights
+    from bbf_jax.agents.bbf.learner import TrainBatch, importance_weights
 
     agent = learner.agent
     b, t = agent.batch_size, agent.jumps + 1

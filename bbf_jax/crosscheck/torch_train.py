@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from bbf_jax.config import NetworkConfig
+from bbf_jax.agents.bbf.config import NetworkConfig
 from bbf_jax.crosscheck import torch_losses as tl
 from bbf_jax.crosscheck import torch_reference as tr
 from bbf_jax.crosscheck.fixture_io import flatten_tree

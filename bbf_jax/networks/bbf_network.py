@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bbf_jax.config import NetworkConfig
+from bbf_jax.agents.bbf.config import NetworkConfig
 from bbf_jax.networks.encoders import DQNEncoder, ImpalaEncoder, renormalize
 from bbf_jax.networks.heads import FeatureLayer, LinearHead
 from bbf_jax.networks.transition import TransitionModel
@@ -48,7 +48,7 @@ class BBFNetwork(nn.Module):
 
     Attributes:
       num_actions: size of the (minimal) action set.
-      config: the :class:`~bbf_jax.config.NetworkConfig`.
+      config: the :class:`~bbf_jax.agents.bbf.config.NetworkConfig`.
     """
 
     num_actions: int

@@ -133,7 +133,7 @@ def validate(gin_files, gin_bindings, variants, game: str) -> None:
     """Parses every variant's configuration (with ``game``) before any run starts, so that a
     typo fails once with one line instead of in every run."""
     from bbf_jax import gin_utils
-    from bbf_jax.config import derive
+    from bbf_jax.agents.bbf.config import derive
 
     for v in variants:
         try:

@@ -48,7 +48,7 @@ def matches(fixture: Fixture) -> bool:
 
 def infer_network(flat_params: dict) -> tuple:
     """NetworkConfig and num_actions from a flat parameter dict (official tree)."""
-    from bbf_jax.config import NetworkConfig
+    from bbf_jax.agents.bbf.config import NetworkConfig
 
     try:
         noisy = "projection/net/kernell" in flat_params
@@ -76,8 +76,8 @@ def infer_network(flat_params: dict) -> tuple:
 
 
 def _learner(flat_params: dict, augmentation: bool, batch_size: int):
-    from bbf_jax.config import AgentConfig
-    from bbf_jax.learner import make_learner
+    from bbf_jax.agents.bbf.config import AgentConfig
+    from bbf_jax.agents.bbf.learner import make_learner
 
     net_cfg, num_actions = infer_network(flat_params)
     agent = AgentConfig(batch_size=batch_size, batches_to_group=1, data_augmentation=augmentation)
@@ -86,7 +86,7 @@ def _learner(flat_params: dict, augmentation: bool, batch_size: int):
 
 def compute_case(fixture_arrays: dict, case: str) -> dict[str, np.ndarray]:
     """All outputs of one case, keyed as in the fixture (``<case>/...``)."""
-    from bbf_jax.learner import TrainBatch
+    from bbf_jax.agents.bbf.learner import TrainBatch
 
     _, _, aug = CASES[case]
     get = fixture_arrays.__getitem__
@@ -294,8 +294,8 @@ def verify(fixture: Fixture) -> list[Row]:
     cases = [c for c in CASES if any(k.startswith(c + "/") for k in fixture.arrays)]
     if not cases:
         raise FixtureError(f"{fixture.path.name}: none of the cases {list(CASES)} is present")
-    from bbf_jax.config import AgentConfig
-    from bbf_jax.learner import importance_weights
+    from bbf_jax.agents.bbf.config import AgentConfig
+    from bbf_jax.agents.bbf.learner import importance_weights
 
     for case in cases:
         inp = f"{case}/input/"
@@ -336,7 +336,7 @@ def make_inputs(num_actions: int, seed: int, learner) -> dict[str, np.ndarray]:
     """Deterministic losses inputs for a bbf_jax-generated file (documented in its JSON)."""
     import jax
 
-    from bbf_jax.learner import importance_weights
+    from bbf_jax.agents.bbf.learner import importance_weights
 
     # Jitted: bitwise the same parameters as an eager init, without op-by-op dispatch.
     params = flatten_tree(learner.init_params(jax.random.PRNGKey(seed)))
@@ -406,8 +406,8 @@ def export(args) -> pathlib.Path:
 
 
 def _learner_from_config(exp, num_actions):
-    from bbf_jax.config import AgentConfig
-    from bbf_jax.learner import make_learner
+    from bbf_jax.agents.bbf.config import AgentConfig
+    from bbf_jax.agents.bbf.learner import make_learner
 
     agent = AgentConfig(batch_size=8, batches_to_group=1, jumps=exp.agent.jumps,
                         data_augmentation=False)

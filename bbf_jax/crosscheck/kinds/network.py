@@ -42,7 +42,7 @@ def matches(fixture: Fixture) -> bool:
 
 def config_from_meta(meta: dict, support: np.ndarray):
     """NetworkConfig + num_actions from a fixture's ``network_config`` JSON block."""
-    from bbf_jax.config import NetworkConfig
+    from bbf_jax.agents.bbf.config import NetworkConfig
 
     nc = meta.get("network_config")
     if not isinstance(nc, dict) or "num_actions" not in nc:

@@ -53,7 +53,7 @@ def _whole(fixture: Fixture, value, name: str):
 
 
 def _configs(fixture: Fixture):
-    from bbf_jax.config import AgentConfig, ResetConfig
+    from bbf_jax.agents.bbf.config import AgentConfig, ResetConfig
 
     cfg = _field(fixture, "config")
     attrs = _field(fixture, "agent_attributes")

@@ -45,8 +45,8 @@ def matches(fixture: Fixture) -> bool:
 def compute(arrays: dict, shrink: float = 0.5, perturb: float = 0.5) -> tuple[dict, list[Row]]:
     import jax.numpy as jnp
 
-    from bbf_jax.config import AgentConfig, ResetConfig
-    from bbf_jax.learner import make_learner
+    from bbf_jax.agents.bbf.config import AgentConfig, ResetConfig
+    from bbf_jax.agents.bbf.learner import make_learner
 
     old_online = {k[len("input/old_online/"):]: v for k, v in arrays.items()
                   if k.startswith("input/old_online/")}
@@ -100,8 +100,8 @@ def _reset_outputs(learner, reset_cfg, online, target, key):
     import jax
     import jax.numpy as jnp
 
+    from bbf_jax.agents.bbf.resets import interpolate, reset_with_key
     from bbf_jax.optim import make_optimizer
-    from bbf_jax.resets import interpolate, reset_with_key
 
     state = learner.state_from_params(online, jax.random.PRNGKey(0), jax.random.PRNGKey(0))
     # An optimizer state with a step taken, so that its re-initialisation is visible.
@@ -138,8 +138,8 @@ def export(args) -> pathlib.Path:
     import jax
 
     from bbf_jax import gin_utils
-    from bbf_jax.config import AgentConfig
-    from bbf_jax.learner import make_learner
+    from bbf_jax.agents.bbf.config import AgentConfig
+    from bbf_jax.agents.bbf.learner import make_learner
 
     if args.inputs:
         src = load_fixture(args.inputs)

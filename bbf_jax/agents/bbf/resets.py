@@ -7,8 +7,8 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from bbf_jax.config import ResetConfig
-from bbf_jax.learner import Learner, TrainState
+from bbf_jax.agents.bbf.config import ResetConfig
+from bbf_jax.agents.bbf.learner import Learner, TrainState
 from bbf_jax.optim import make_optimizer
 
 

@@ -21,7 +21,7 @@ import optax
 from flax.training.dynamic_scale import DynamicScale
 
 from bbf_jax import augment, distributional, losses, seeds
-from bbf_jax.config import AgentConfig, NetworkConfig
+from bbf_jax.agents.bbf.config import AgentConfig, NetworkConfig
 from bbf_jax.jit_once import jit_once
 from bbf_jax.networks import BBFNetwork, init_params, make_network
 from bbf_jax.optim import make_optimizer
