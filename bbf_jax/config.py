@@ -267,7 +267,7 @@ class Derived:
 
     Attributes:
       gradient_steps_per_update: gradient steps made each time the agent trains.
-      update_period: env steps between trainings.
+      update_period: vector steps between trainings (env steps with one train env).
       batches_to_group: gradient steps per jitted dispatch (G).
       dispatches_per_update: jitted calls per training env step.
       group_size: transitions sampled per dispatch (G * batch_size).

@@ -185,7 +185,8 @@ def shard_batch(batch: TrainBatch | FrameBatch, mesh: Mesh) -> TrainBatch | Fram
     return jax.tree.map(put, batch)
 
 
-def make_put_fn(mesh: Mesh, batches_to_group: int, batch_size: int) -> Callable[[Any], FrameBatch]:
+def make_put_fn(mesh: Mesh, batches_to_group: int, batch_size: int,
+                to_batch: Callable = to_train_batch) -> Callable[[Any], FrameBatch]:
     """``put_fn`` for :class:`~bbf_jax.replay.BatchPipeline`: host sample -> sharded batch.
 
     ``batch_size`` is the global minibatch size B and every process passes the whole
@@ -193,14 +194,15 @@ def make_put_fn(mesh: Mesh, batches_to_group: int, batch_size: int) -> Callable[
     :func:`~bbf_jax.agents.bbf.learner.to_train_batch` groups it into ``(G, B, ...)`` (importance
     weights normalised over all ``G * B``, spec §4.8); process p keeps rows
     ``p * B / P .. (p + 1) * B / P - 1`` of every minibatch, which :func:`shard_batch`
-    places on its devices.
+    places on its devices. ``to_batch(sample, G, B)`` is the agent's grouping (BBF's
+    by default).
     """
     check_batch_size(batch_size, mesh)
     local_batch = batch_size // jax.process_count()
     rows = slice(jax.process_index() * local_batch, (jax.process_index() + 1) * local_batch)
 
     def put(sample) -> FrameBatch:
-        batch = to_train_batch(sample, batches_to_group, batch_size)
+        batch = to_batch(sample, batches_to_group, batch_size)
         if jax.process_count() > 1:
             batch = jax.tree.map(lambda x: x[:, rows], batch)
         return shard_batch(batch, mesh)
@@ -303,8 +305,10 @@ def all_rows(x) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def from_process_0(value: int) -> int:
-    """Process 0's ``value`` (an int32), on every process; ``value`` itself with one."""
+def from_process_0(value):
+    """Process 0's ``value`` (an int32 or an int32 array), on every process; ``value``
+    itself with one process."""
     if jax.process_count() == 1:
         return value
-    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+    got = multihost_utils.broadcast_one_to_all(np.asarray(value, np.int32))
+    return np.asarray(got) if np.ndim(value) else int(got)

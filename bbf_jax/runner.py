@@ -1,18 +1,28 @@
-"""The Atari 100k training loop (spec §9.2, §11): host state at the edges, math in jit.
+"""The Atari training loop of every replay agent (spec §9.2, §11): host state at the
+edges, math in jit.
 
-Order of operations in one agent step ``i`` (``training_steps = i`` on entry), as in
-the official agent and runner:
+The runner owns the envs, the replay, checkpoints, logs and evaluation; what differs
+between agents comes from an :class:`Agent` (``bbf_jax/agents/<name>/agent.py``). It
+steps ``N = agent.num_envs`` train envs as one vector (one env for BBF, 64 for BTR);
+``agent_step`` counts env steps, ``N`` per vector step. Order of operations in the
+vector step that starts at ``agent_step = i`` (``v = i / N``), as in the official agent
+and runner (for BBF, ``N = 1`` and ``v = i``):
 
-1. train, if ``add_count > min_replay_history`` and ``i % update_period == 0``:
-   per dispatch, take the prefetched group, run G gradient steps, start sampling the
-   next group (n and gamma of the new cycle step), then update priorities;
-2. reset check on ``i`` (shrink-and-perturb, schedules restart);
-3. act with epsilon(i + 1) (target network for BBF);
-4. step the env; store ``(o_t, a_t, clip(r_t), d_t, episode_end)``; on episode end
-   reset the env with random no-ops and zero the stack, on a life loss zero the stack.
+1. train, if more than ``min_replay_history`` transitions are stored and
+   ``v % update_period == 0``: per dispatch, take the prefetched group, run G gradient
+   steps, start sampling the next group (n and gamma of the new cycle step), then
+   update priorities;
+2. reset check on ``i`` (shrink-and-perturb, schedules restart), for agents with resets;
+3. act with ``agent.epsilon(i + N)`` (the target network for BBF);
+4. step the envs; store ``(o_t, a_t, clip(r_t), d_t, episode_end)`` of each; on an
+   episode end reset that env with random no-ops and zero its stack, on a life loss
+   zero its stack.
 
 The official stop test is ``total_steps > num_train_steps``, so ``num_train_steps + 1``
-agent steps run (spec §9.4). Evaluation follows (spec §9.5).
+agent steps run (spec §9.4; with N envs, the first multiple of N beyond
+``num_train_steps``). Evaluation follows (spec §9.5). Logging, evaluation and
+checkpoint intervals fire at the vector step that reaches or crosses a multiple of
+theirs.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ import json
 import pathlib
 import sys
 import time
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -30,35 +41,71 @@ import numpy as np
 import tqdm
 
 import bbf_jax
+from bbf_jax import agents, faults, metrics_io, parallel, schedules
 from bbf_jax import checkpoint as ckpt
-from bbf_jax import faults, metrics_io, parallel, schedules
-from bbf_jax.agents.bbf import resets
-from bbf_jax.agents.bbf.acting import select_actions
-from bbf_jax.agents.bbf.config import Derived, ExperimentConfig, derive
-from bbf_jax.agents.bbf.learner import HParams, make_learner
 from bbf_jax.atari_games import human_normalized_score
+from bbf_jax.config import Derived
 from bbf_jax.diagnostics import Diagnostics
-from bbf_jax.envs import AtariEnv, FrameStack, clip_reward, evaluate
+from bbf_jax.envs import AtariEnv, FrameStack, clip_reward, env_seeds, evaluate
 from bbf_jax.jit_once import jit_once
-from bbf_jax.replay import BatchPipeline, ReplaySample, SubsequenceReplay, priorities_to_set
+from bbf_jax.replay import BatchPipeline, ReplaySample, SubsequenceReplay
 from bbf_jax.report.curves import plot_run_curves
 from bbf_jax.report.verdict import verdict_for_run
 from bbf_jax.seeds import RunSeeds
 
-SCALAR_METRICS = ("TotalLoss", "DQNLoss", "TDError", "SPRLoss", "GradNorm", "PNorm")
+
+class Agent(Protocol):
+    """What the runner needs of an agent (``bbf_jax.agents.<name>.agent.make_agent``).
+
+    Attributes:
+      learner: the pure learner: ``init(seed) -> state``, ``train_steps(state, batches
+        (G, B, ...), hparams) -> (state, metrics)`` (metrics: the scalars of
+        ``metric_names`` and ``NonFinite``, each ``(G,)``, and ``per_sample_metric``
+        ``(G, B)``), ``agent.batch_size``.
+      derived: update counts (``update_period`` in vector steps).
+      num_envs: train envs stepped as one vector.
+      metric_names: the scalar training metrics logged (train_log.csv columns).
+      per_sample_metric: the learner's per-sample metric that :meth:`priorities` reads.
+      reset_config: a ``ResetConfig`` for agents with shrink-and-perturb resets, else None.
+      select: pure ``(params, states (N, 84, 84, 4) uint8, key, epsilon) -> (key,
+        actions (N,) int32)`` of training.
+      select_eval: the same for evaluation; ``select`` itself where the agent acts
+        alike in both (one compilation).
+    """
+
+    learner: Any
+    derived: Derived
+    num_envs: int
+    metric_names: tuple[str, ...]
+    per_sample_metric: str
+    reset_config: Any
+    select: Any
+    select_eval: Any
+
+    def hparams(self) -> Any: ...
+    def schedule(self, cycle_step: int) -> tuple[int, float]: ...
+    def epsilon(self, step: int) -> float: ...
+    @property
+    def epsilon_eval(self) -> float: ...
+    def acting_params(self, state) -> Any: ...
+    def to_train_batch(self, sample: ReplaySample, batches_to_group: int,
+                       batch_size: int) -> Any: ...
+    def priorities(self, indices, per_sample, metrics) -> tuple[np.ndarray, np.ndarray]: ...
+    def reset(self, state) -> Any: ...
+    def param_count(self, state) -> int: ...
 
 
-def fingerprint(cfg: ExperimentConfig) -> dict:
-    """What a resumed run must share with its checkpoint (budgets, intervals and the
-    non-finite policy may change; a seed of a group shares it with its single run, with
-    either ``seed_batching``)."""
+def fingerprint(cfg) -> dict:
+    """What a resumed run must share with its checkpoint: every config but the run's
+    budgets, intervals and non-finite policy (a seed of a group shares it with its
+    single run, with either ``seed_batching``)."""
     run = dataclasses.asdict(cfg.run)
     for k in ("num_train_steps", "num_eval_episodes", "eval_every", "log_every",
               "checkpoint_every", "diagnostics_every", "on_nonfinite", "seeds",
               "seed_batching"):
         run.pop(k)
-    fp = {name: dataclasses.asdict(getattr(cfg, name))
-          for name in ("network", "agent", "reset", "replay", "env")}
+    fp = {f.name: dataclasses.asdict(getattr(cfg, f.name))
+          for f in dataclasses.fields(cfg) if f.name != "run"}
     fp["run"] = run
     return json.loads(json.dumps(fp, default=list))
 
@@ -71,22 +118,29 @@ def params_digest(params) -> str:
     return h.hexdigest()
 
 
-def schedule_summary(cfg: ExperimentConfig, derived: Derived, num_devices: int) -> str:
+def schedule_summary(cfg, derived: Derived, num_devices: int, num_envs: int = 1) -> str:
     """The updates, budget and devices of a run, as its start-up line states them (shared
     by a single run's and a seed group's ``describe``)."""
     d = derived
+    step = "agent step(s)" if num_envs == 1 else f"vector step(s) of {num_envs} envs"
     return (
-        f"{d.gradient_steps_per_update} gradient step(s) every {d.update_period} agent "
-        f"step(s) in groups of {d.batches_to_group}, {cfg.run.num_train_steps + 1:,} agent "
+        f"{d.gradient_steps_per_update} gradient step(s) every {d.update_period} {step} "
+        f"in groups of {d.batches_to_group}, {cfg.run.num_train_steps + 1:,} agent "
         f"steps, {num_devices} device(s) [{jax.devices()[0].platform}]"
     )
+
+
+def crossed(step: int, num_envs: int, every: int) -> bool:
+    """Whether the vector step that ended at env step ``step`` reached or crossed a
+    multiple of ``every`` (with one env: ``step % every == 0``)."""
+    return step // every > (step - num_envs) // every
 
 
 class Runner:
     """One training run of one game and seed, writing everything under ``base_dir``.
 
     Args:
-      cfg: the experiment configuration.
+      cfg: the experiment configuration (an agent's ``ExperimentConfig``).
       base_dir: output folder (logs, checkpoints, eval.json); an existing checkpoint
         there is resumed.
       config_files: names of the gin files, recorded in eval.json.
@@ -95,26 +149,32 @@ class Runner:
         'latest_valid' (the newest that can be read; see :meth:`_resume`).
     """
 
-    def __init__(self, cfg: ExperimentConfig, base_dir, config_files=(), progress: bool = True,
+    def __init__(self, cfg, base_dir, config_files=(), progress: bool = True,
                  resume_from: int | str | None = None):
         self.cfg = cfg
         self.base_dir = pathlib.Path(base_dir)
         self.config_files = [pathlib.Path(f).name for f in config_files]
         self.progress = progress
         self.resume_from = resume_from
-        self.derived = derive(cfg.agent, n_envs=1)
         self.seeds = RunSeeds(cfg.run.seed)
         # P processes compute the run of one: each steps the same env stream (same
         # seeds, actions broadcast from process 0), holds the same replay, draws the same
         # global group and feeds its own B / P rows of every minibatch. Process 0 alone
         # writes logs and evaluates.
         self.primary = jax.process_index() == 0
-        self.env = AtariEnv(cfg.env.game, cfg.env, seed=self.seeds.train_env)
-        self.learner = make_learner(cfg.agent, cfg.network, self.env.num_actions,
-                                    skip_nonfinite=cfg.run.on_nonfinite == "skip")
+        n = agents.num_envs(cfg)
+        # One env keeps the run seed's own env seed; a vector spawns one per env.
+        seeds = [self.seeds.train_env] if n == 1 else env_seeds(self.seeds.train_env, n)
+        self.envs = [AtariEnv(cfg.env.game, cfg.env, seed=s) for s in seeds]
+        self.env = self.envs[0]  # game and action set (the same for every env)
+        self.agent = agents.make_agent(cfg, self.env.num_actions,
+                                       skip_nonfinite=cfg.run.on_nonfinite == "skip")
+        self.learner, self.derived = self.agent.learner, self.agent.derived
+        self.num_envs = n
         self.mesh = parallel.make_mesh(cfg.run.num_devices)
         self.train_fn = parallel.make_parallel_train_steps(self.learner, self.mesh)
-        put = parallel.make_put_fn(self.mesh, self.derived.batches_to_group, cfg.agent.batch_size)
+        put = parallel.make_put_fn(self.mesh, self.derived.batches_to_group,
+                                  cfg.agent.batch_size, self.agent.to_train_batch)
         # The device batch, plus the host indices its priorities are written back to.
         self.put_batch = lambda sample: (put(sample), sample.indices)
         init_state = self.learner.init(cfg.run.seed)
@@ -123,29 +183,25 @@ class Runner:
         self.act_rng = self._like_acting_params(init_state.act_rng)
         self.noop_rng = np.random.default_rng(self.seeds.train_noops)
         self.replay = SubsequenceReplay.from_config(
-            cfg.replay, self.derived, n_envs=1, seed=self.seeds.replay
+            cfg.replay, self.derived, n_envs=n, seed=self.seeds.replay
         )
         self.pipeline: BatchPipeline | None = None
-        self.hparams = HParams(
-            jnp.float32(cfg.agent.target_update_tau),
-            jnp.float32(cfg.agent.learning_rate),
-            jnp.float32(cfg.agent.encoder_learning_rate),
-        )
-        network = self.learner.network
-        self._select = jax.jit(
-            lambda params, states, key, eps: select_actions(network, params, states, key, eps)
-        )
-        learner = self.learner  # not self: the compiled function must not keep the runner
-        self._reset = jit_once(lambda s: resets.reset_state(learner, s, cfg.reset))
-        self.stack = FrameStack(1, cfg.replay.stack_size)
+        self.hparams = self.agent.hparams()
+        self._select = jax.jit(self.agent.select)
+        # None: the agent acts alike in evaluation (one compilation, ``_select``).
+        self._select_eval = (None if self.agent.select_eval is self.agent.select
+                             else jax.jit(self.agent.select_eval))
+        self._reset = jit_once(self.agent.reset) if self.agent.reset_config else None
+        self.stack = FrameStack(n, cfg.replay.stack_size)
         # Loop counters (host side).
         self.agent_step = 0
         self.grad_steps = 0
         self.cycle_step = 0
-        self.next_reset = schedules.first_next_reset(cfg.reset)
+        self.next_reset = (schedules.first_next_reset(self.agent.reset_config)
+                           if self.agent.reset_config else 0)
         self.num_resets = 0
         self.episodes = 0
-        self.frame = None  # newest raw frame of the current state (o_t)
+        self.frames = None  # (N, 84, 84) uint8: newest raw frame of each current state (o_t)
         self._log_acc: dict[str, list] = {}
         # Plasticity diagnostics: computed on every process (identical checkpoints),
         # logged by process 0.
@@ -166,12 +222,12 @@ class Runner:
     # --------------------------------------------------------------- setup
     def describe(self) -> str:
         """One line on what this run is."""
-        n_params = sum(x.size for x in jax.tree.leaves(self.state.online))
+        n_params = self.agent.param_count(self.state)
+        summary = schedule_summary(self.cfg, self.derived, self.mesh.size, self.num_envs)
         return (
-            f"bbf-train: {self.env.game} ({self.env.num_actions} actions), seed "
-            f"{self.cfg.run.seed}, {n_params:,} parameters, "
-            f"{schedule_summary(self.cfg, self.derived, self.mesh.size)}, "
-            f"output in {self.base_dir}"
+            f"bbf-train: {agents.agent_name(self.cfg)}, {self.env.game} "
+            f"({self.env.num_actions} actions), seed {self.cfg.run.seed}, {n_params:,} "
+            f"parameters, {summary}, output in {self.base_dir}"
         )
 
     def _pipeline(self) -> BatchPipeline:
@@ -184,22 +240,22 @@ class Runner:
             )
         return self.pipeline
 
-    def _start_episode(self) -> None:
-        self.frame = self.env.reset(self.noop_rng)
-        self.stack.zero(0)
-        self.stack.push(self.frame[None])
+    def _start_episodes(self) -> None:
+        """Resets every env with random no-ops (env 0 first) and zeroes the stacks."""
+        self.frames = np.stack([env.reset(self.noop_rng) for env in self.envs])
+        self.stack.zero(slice(None))
+        self.stack.push(self.frames)
 
     # ------------------------------------------------------------ training
     def _schedule(self) -> tuple[int, float]:
-        a = self.cfg.agent
-        return schedules.update_horizon_at(self.cycle_step, a), schedules.gamma_at(
-            self.cycle_step, a
-        )
+        return self.agent.schedule(self.cycle_step)
 
     def _train_due(self, i: int) -> bool:
-        """Whether agent step ``i`` trains (the official test)."""
-        return (self.replay.add_count > self.cfg.agent.min_replay_history
-                and i % self.derived.update_period == 0)
+        """Whether the vector step starting at agent step ``i`` trains (the official
+        test: more than ``min_replay_history`` transitions stored, on the update period)."""
+        n = self.num_envs
+        return (self.replay.add_count * n > self.cfg.agent.min_replay_history
+                and (i // n) % self.derived.update_period == 0)
 
     def _train_once(self) -> None:
         pipeline = self._pipeline()
@@ -207,7 +263,7 @@ class Runner:
         before = self._diagnostics_before()
         self.state, metrics = self.train_fn(self.state, batch, self.hparams)
         self._advance()
-        per_sample = parallel.all_rows(metrics.pop("dqn_loss_per_sample"))
+        per_sample = parallel.all_rows(metrics.pop(self.agent.per_sample_metric))
         metrics = jax.device_get(parallel.local_replica(metrics))
         self._record(metrics, per_sample, indices, before)
 
@@ -239,14 +295,8 @@ class Runner:
             self._on_nonfinite(nonfinite, metrics, indices)
             return  # 'skip': the steps were dropped; no priorities, nothing logged
         if self.cfg.replay.prioritized:
-            idx, prios = priorities_to_set(
-                indices,
-                per_sample.reshape(-1),
-                metrics["DQNLoss"],
-                self.cfg.replay.priority_update,
-            )
-            self.replay.update_priorities(idx, prios)
-        for k in SCALAR_METRICS:
+            self.replay.update_priorities(*self.agent.priorities(indices, per_sample, metrics))
+        for k in self.agent.metric_names:
             self._log_acc.setdefault(k, []).append(float(np.mean(metrics[k])))
         if before is not None:
             local = parallel.local_replica(self.state)
@@ -273,9 +323,7 @@ class Runner:
         raise faults.NonFiniteStop(message, directory)
 
     def _acting_params(self):
-        state = self.state
-        params = state.target if self.cfg.agent.target_action_selection else state.online
-        return parallel.local_replica(params)
+        return parallel.local_replica(self.agent.acting_params(self.state))
 
     def _like_acting_params(self, key):
         """``key`` placed as the acting parameters are, so that ``_select`` sees the
@@ -283,33 +331,34 @@ class Runner:
         shape."""
         return jax.device_put(key, jax.tree.leaves(self._acting_params())[0].sharding)
 
-    def _act(self, epsilon: float) -> int:
+    def _act(self, epsilon: float) -> np.ndarray:
         key, actions = self._select(
             self._acting_params(), self.stack.state, self.act_rng, jnp.float32(epsilon)
         )
         self.act_rng = key
-        # Every process computes the same action; process 0's is authoritative, so that
+        # Every process computes the same actions; process 0's are authoritative, so that
         # float differences between hosts (e.g. autotuned kernels) cannot fork the
         # env streams.
-        return parallel.from_process_0(int(actions[0]))
+        return parallel.from_process_0(np.asarray(actions))
 
-    def step(self) -> dict | None:
-        """One agent step (train, reset check, act, env step, store); returns the
-        finished episode's stats, if any."""
+    def step(self) -> list[dict]:
+        """One vector step (train, reset check, act, env steps, store); returns the
+        stats of the episodes it finished."""
         i = self.agent_step
         if self._train_due(i):
             for _ in range(self.derived.dispatches_per_update):
                 self._train_once()
         if self._reset_due(i):
             self.state = self._reset(self.state)
-        return self._env_step(self._act(schedules.epsilon_at(i + 1, self.cfg.agent)))
+        return self._env_step(self._act(self.agent.epsilon(i + self.num_envs)))
 
     def _reset_due(self, i: int) -> bool:
         """The reset check of agent step ``i``; when it fires, counts the reset and
         restarts the schedules (the caller resets the train state)."""
-        if self.cfg.reset.reset_every <= 0:
+        reset = self.agent.reset_config
+        if reset is None or reset.reset_every <= 0:
             return False
-        do_reset, self.next_reset = schedules.reset_check(i, self.next_reset, self.cfg.reset)
+        do_reset, self.next_reset = schedules.reset_check(i, self.next_reset, reset)
         if do_reset:
             self.cycle_step = 0
             self.num_resets += 1
@@ -317,28 +366,31 @@ class Runner:
                 self.diagnostics.after_reset = True
         return do_reset
 
-    def _env_step(self, action: int) -> dict | None:
-        """Steps the env with ``action`` and stores the transition; returns the finished
-        episode's stats, if any."""
-        i = self.agent_step
-        result = self.env.step(action)
+    def _env_step(self, actions: np.ndarray) -> list[dict]:
+        """Steps env k with ``actions[k]`` and stores the transitions; returns the stats
+        of the episodes that ended (env order)."""
+        n = self.num_envs
+        results = [env.step(int(a)) for env, a in zip(self.envs, actions, strict=True)]
         self.replay.add(
-            self.frame[None], [action], [clip_reward(result.reward)], [result.terminal],
-            [result.episode_over],
+            self.frames, actions, [clip_reward(r.reward) for r in results],
+            [r.terminal for r in results], [r.episode_over for r in results],
         )
-        episode = None
-        if result.episode_over:
-            episode = {"agent_step": i + 1, "episode_return": self.env.episode_return,
-                       "episode_length": self.env.episode_length}
-            self.episodes += 1
-            self._start_episode()
-        else:
-            if result.terminal:
-                self.stack.zero(0)
-            self.frame = result.observation
-            self.stack.push(self.frame[None])
-        self.agent_step += 1
-        return episode
+        episodes, frames = [], np.empty_like(self.frames)
+        for k, (env, result) in enumerate(zip(self.envs, results, strict=True)):
+            if result.episode_over:
+                episodes.append({"agent_step": self.agent_step + n,
+                                 "episode_return": env.episode_return,
+                                 "episode_length": env.episode_length})
+                frames[k] = env.reset(self.noop_rng)
+            else:
+                frames[k] = result.observation
+            if result.episode_over or result.terminal:
+                self.stack.zero(k)
+        self.episodes += len(episodes)
+        self.frames = frames
+        self.stack.push(frames)
+        self.agent_step += n
+        return episodes
 
     # ---------------------------------------------------------- evaluation
     def evaluate(self, num_episodes: int) -> dict:
@@ -347,7 +399,8 @@ class Runner:
         params = self._acting_params()
         seeds = self.seeds.evaluation(self.agent_step)
         key = self._like_acting_params(seeds.policy_key)
-        eps = jnp.float32(cfg.agent.epsilon_eval)
+        eps = jnp.float32(self.agent.epsilon_eval)
+        select = self._select_eval or self._select
 
         def policy(states):
             nonlocal key
@@ -355,7 +408,7 @@ class Runner:
             bucket = 1 << (n - 1).bit_length()  # few shapes -> few compilations
             padded = np.zeros((bucket,) + states.shape[1:], states.dtype)
             padded[:n] = states
-            key, actions = self._select(params, padded, key, eps)
+            key, actions = select(params, padded, key, eps)
             return np.asarray(actions)[:n]
 
         result = evaluate(
@@ -393,13 +446,16 @@ class Runner:
     def _save(self, checkpointer: ckpt.RunCheckpointer) -> None:
         """Starts the checkpoint of this agent step (written in the background)."""
         pending = self.pipeline.pending() if self.pipeline is not None else []
-        env_state = {k: np.asarray(v) for k, v in self.env.clone_state().items()}
+        env_states = [{k: np.asarray(v) for k, v in env.clone_state().items()}
+                      for env in self.envs]
         host = {
             "replay": ckpt.flat_to_tree(self.replay.state_dict()),
             "pending": {str(j): dict(s._asdict()) for j, s in enumerate(pending)},
-            "env": env_state,
+            # One env: its state alone (the single-env layout); a vector: one per env.
+            "env": env_states[0] if self.num_envs == 1 else {
+                str(k): s for k, s in enumerate(env_states)},
             "stack": self.stack.state,
-            "frame": self.frame,
+            "frame": self.frames[0] if self.num_envs == 1 else self.frames,
             "act_rng": np.asarray(self.act_rng),
         }
         if self.diagnostics is not None and self.diagnostics.state_dict():
@@ -429,11 +485,14 @@ class Runner:
         self.state = parallel.replicate(state, self.mesh)
         try:
             self.replay.load_state_dict(ckpt.tree_to_flat(host["replay"]))
-            self.env.restore_state(host["env"])
+            env_states = ([host["env"]] if self.num_envs == 1
+                          else [host["env"][str(k)] for k in range(self.num_envs)])
+            for env, env_state in zip(self.envs, env_states, strict=True):
+                env.restore_state(env_state)
         except (KeyError, ValueError) as e:
             raise ckpt.CheckpointError(f"checkpoint {step} does not fit this run: {e}") from None
         self.stack.state[...] = host["stack"]
-        self.frame = np.asarray(host["frame"])
+        self.frames = np.asarray(host["frame"]).reshape(self.stack.state.shape[:-1])
         self.act_rng = self._like_acting_params(jnp.asarray(host["act_rng"], jnp.uint32))
         for k in ("agent_step", "grad_steps", "cycle_step", "next_reset", "num_resets",
                   "episodes"):
@@ -527,8 +586,8 @@ class Runner:
                       if self.diagnostics is not None else [])
         self.train_log = log(
             self.base_dir / "train_log.csv",
-            ["agent_step", "grad_steps", "num_resets", "steps_per_second", *SCALAR_METRICS,
-             *diag_names],
+            ["agent_step", "grad_steps", "num_resets", "steps_per_second",
+             *self.agent.metric_names, *diag_names],
         )
         self.episode_log = log(
             self.base_dir / "episodes.csv", ["agent_step", "episode_return", "episode_length"]
@@ -543,7 +602,7 @@ class Runner:
             for f in (self.train_log, self.episode_log, self._checkpoint_log):
                 f.truncate_after(self.agent_step)
         else:
-            self._start_episode()
+            self._start_episodes()
         self.tb = (metrics_io.TensorBoard if self.primary else metrics_io.NullLog)(
             self.base_dir, purge_step=self.agent_step or None
         )
@@ -555,11 +614,11 @@ class Runner:
         self._window = (time.perf_counter(), self.agent_step)
         self._last_return = None
 
-    def _after_step(self, episode: dict | None, checkpointer: ckpt.RunCheckpointer) -> None:
-        """Logs the agent step just made, evaluates and saves when due."""
-        cfg = self.cfg
-        self.bar.update(1)
-        if episode is not None:
+    def _after_step(self, episodes: list[dict], checkpointer: ckpt.RunCheckpointer) -> None:
+        """Logs the vector step just made, evaluates and saves when due."""
+        cfg, n = self.cfg, self.num_envs
+        self.bar.update(n)
+        for episode in episodes:
             self.episode_log.write(episode)
             self.tb.scalars(episode["agent_step"], {
                 "Train/EpisodeReturn": episode["episode_return"],
@@ -567,7 +626,7 @@ class Runner:
             })
             self._last_return = episode["episode_return"]
         diag_row, self._diag_row = self._diag_row, {}
-        if self.agent_step % cfg.run.log_every == 0 and self._log_acc:
+        if crossed(self.agent_step, n, cfg.run.log_every) and self._log_acc:
             now = time.perf_counter()
             window_start, window_step = self._window
             sps = (self.agent_step - window_step) / max(now - window_start, 1e-9)
@@ -578,7 +637,7 @@ class Runner:
                        num_resets=self.num_resets, steps_per_second=sps, **diag_row)
             self.train_log.write(row)
             self.tb.scalars(self.agent_step, {f"Train/{k}": row[k] for k in
-                                              (*SCALAR_METRICS, "steps_per_second")})
+                                              (*self.agent.metric_names, "steps_per_second")})
             postfix = {"loss": f"{row['TotalLoss']:.3f}"}
             if self._last_return is not None:
                 postfix["return"] = self._last_return
@@ -589,12 +648,12 @@ class Runner:
         self.tb.scalars(self.agent_step, diag_row)
         total = cfg.run.num_train_steps + 1
         if self.primary and cfg.run.eval_every \
-                and self.agent_step % cfg.run.eval_every == 0 and self.agent_step < total:
+                and crossed(self.agent_step, n, cfg.run.eval_every) and self.agent_step < total:
             result = self.evaluate(cfg.run.num_eval_episodes)
             with (self.base_dir / "evals.jsonl").open("a") as f:
                 f.write(json.dumps(result) + "\n")
             self.tb.scalars(self.agent_step, {"Eval/AverageReturns": result["mean_return"]})
-        if cfg.run.checkpoint_every and self.agent_step % cfg.run.checkpoint_every == 0:
+        if cfg.run.checkpoint_every and crossed(self.agent_step, n, cfg.run.checkpoint_every):
             self._save(checkpointer)
         else:
             self._saved(checkpointer.poll())

@@ -188,9 +188,9 @@ class SeedGroup:
     def _acting_params(self):
         return self.state.target if self.cfg.agent.target_action_selection else self.state.online
 
-    def step(self) -> list[dict | None]:
+    def step(self) -> list[list[dict]]:
         """One agent step of every seed (train, reset check, act, env steps); returns each
-        seed's finished episode's stats, if any."""
+        seed's finished episode's stats (a list, empty or of one)."""
         i = self.agent_step
         if self.members[0]._train_due(i):  # every seed has stored i transitions
             for _ in range(self.derived.dispatches_per_update):
@@ -199,7 +199,7 @@ class SeedGroup:
         if due[0]:
             self.state = self._reset(self.state)
         actions = self._act(schedules.epsilon_at(i + 1, self.cfg.agent))
-        return [m._env_step(int(a)) for m, a in zip(self.members, actions, strict=True)]
+        return [m._env_step(actions[k:k + 1]) for k, m in enumerate(self.members)]
 
     def _act(self, epsilon: float) -> np.ndarray:
         """Every seed's action on its frame stack: ``(N,)`` int32 (one dispatch)."""
@@ -285,8 +285,8 @@ class SeedGroup:
             with bar:
                 while self.agent_step < total:
                     episodes = self.step()
-                    for m, episode, c in zip(self.members, episodes, checkpointers, strict=True):
-                        m._after_step(episode, c)
+                    for m, ended, c in zip(self.members, episodes, checkpointers, strict=True):
+                        m._after_step(ended, c)
                     bar.update(1)
                     self._stop_if_signalled(checkpointers)
             for m, c in zip(self.members, checkpointers, strict=True):

@@ -87,8 +87,7 @@ def main(argv=None) -> int:
     )
     import jax
 
-    from bbf_jax import caches, gin_utils
-    from bbf_jax.agents.bbf.config import derive
+    from bbf_jax import agents, caches, gin_utils
     from bbf_jax.atari_games import canonical_game_name
     from bbf_jax.checkpoint import CheckpointError
     from bbf_jax.seeds import RunSeeds
@@ -104,7 +103,7 @@ def main(argv=None) -> int:
         return _fail(f"--base_dir {base_dir} exists and is not a directory")
     try:
         cfg = gin_utils.parse(args.gin_files, bindings)
-        derive(cfg.agent, n_envs=1)
+        agents.derive(cfg)
         canonical_game_name(cfg.env.game)
         for seed in cfg.run.seeds or (cfg.run.seed,):
             RunSeeds(seed)
@@ -194,12 +193,11 @@ def _check_memory(cfg) -> str:
     would not fit in the host memory available now."""
     import jax
 
-    from bbf_jax import memory
-    from bbf_jax.agents.bbf.learner import make_learner
+    from bbf_jax import agents, memory
     from bbf_jax.envs import AtariEnv
 
     num_actions = AtariEnv(cfg.env.game, cfg.env).num_actions
-    learner = make_learner(cfg.agent, cfg.network, num_actions)
+    learner = agents.make_agent(cfg, num_actions).learner
     model = memory.tree_bytes(jax.eval_shape(lambda: learner.init(cfg.run.seed)))
     devices = jax.local_device_count()
     copies = memory.model_host_copies(min(cfg.run.num_devices or devices, devices))

@@ -112,7 +112,7 @@ def main(argv=None) -> int:
 
     cfg = gin_utils.parse([str(CONFIG)], ["RunConfig.seed = 0"])
     run = Runner(cfg, tempfile.mkdtemp(prefix="bbf_jax-overhead-"), progress=False)
-    run._start_episode()
+    run._start_episodes()
     warm = cfg.agent.min_replay_history + 10  # training has started, all compiled
     while run.agent_step < warm:
         run.step()

@@ -44,12 +44,12 @@ def add_random_transitions(runner: Runner, count: int, rng: np.random.Generator)
     for _ in range(count):
         action = int(rng.integers(runner.env.num_actions))
         result = runner.env.step(action)
-        runner.replay.add(runner.frame[None], [action], [clip_reward(result.reward)],
+        runner.replay.add(runner.frames, [action], [clip_reward(result.reward)],
                           [result.terminal], [result.episode_over])
         if result.episode_over:
-            runner._start_episode()
+            runner._start_episodes()
         else:
-            runner.frame = result.observation
+            runner.frames = result.observation[None]
         runner.agent_step += 1
 
 
@@ -68,7 +68,7 @@ def main(argv=None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         runner = Runner(cfg, tmp, progress=False)
-        runner._start_episode()
+        runner._start_episodes()
         rng = np.random.default_rng(0)
 
         def dense(x):

@@ -29,7 +29,7 @@ def _runner(base_dir, on_nonfinite: str) -> Runner:
     cfg = gin_utils.parse([SMOKE], ["RunConfig.num_devices = 1"])
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, on_nonfinite=on_nonfinite))
     runner = Runner(cfg, base_dir, progress=False)
-    runner._start_episode()
+    runner._start_episodes()
     return runner
 
 

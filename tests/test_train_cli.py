@@ -299,18 +299,18 @@ def test_seed_is_required_and_checked(tmp_path):
 def test_every_gin_config_builds(gin_file, monkeypatch):
     import jax
 
-    from bbf_jax import gin_utils
-    from bbf_jax.agents.bbf.config import derive
-    from bbf_jax.agents.bbf.learner import make_learner
+    from bbf_jax import agents, gin_utils
     from bbf_jax.atari_games import canonical_game_name
 
     monkeypatch.chdir(ROOT)  # include lines are relative to the project root
     cfg = gin_utils.parse([str(gin_file)])
-    derived = derive(cfg.agent)
+    agent = agents.make_agent(cfg, 6)
+    derived = agents.derive(cfg)
+    assert derived == agent.derived
     canonical_game_name(cfg.env.game)
-    learner = make_learner(cfg.agent, cfg.network, 6)
-    params = jax.eval_shape(learner.init_params, jax.random.PRNGKey(0))
-    assert ("transition_model" in params) == cfg.agent.use_spr
+    state = jax.eval_shape(lambda: agent.learner.init(0))
+    if agents.agent_name(cfg) == "bbf":
+        assert ("transition_model" in state.online) == cfg.agent.use_spr
     assert derived.group_size == derived.batches_to_group * cfg.agent.batch_size
 
 

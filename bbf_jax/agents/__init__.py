@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import importlib
 
+import gin
+
 from bbf_jax.config import AGENTS, Experiment
 
 
@@ -30,8 +32,19 @@ def register_all() -> None:
 
 
 def make_experiment_config():
-    """The selected agent's ``ExperimentConfig``, built from the parsed gin bindings."""
-    return config_module(Experiment().agent).make_experiment_config()
+    """The selected agent's ``ExperimentConfig``, built from the parsed gin bindings.
+
+    Raises:
+      ValueError: a binding of another agent's configurable (it would be ignored).
+    """
+    name = Experiment().agent
+    # gin keeps the bindings by (scope, full selector); it has no public listing of them.
+    for _, selector in gin.config._CONFIG:
+        parts = selector.split(".")
+        if parts[:2] == ["bbf_jax", "agents"] and parts[2] != name:
+            raise ValueError(f"{parts[-1]} is a configurable of agent '{parts[2]}', but "
+                             f"Experiment.agent = '{name}'")
+    return config_module(name).make_experiment_config()
 
 
 def agent_name(cfg) -> str:
@@ -49,3 +62,9 @@ def make_agent(cfg, num_actions: int, skip_nonfinite: bool = False):
     ``num_actions`` actions."""
     module = importlib.import_module(f"bbf_jax.agents.{agent_name(cfg)}.agent")
     return module.make_agent(cfg, num_actions, skip_nonfinite=skip_nonfinite)
+
+
+def derive(cfg):
+    """The update counts (:class:`~bbf_jax.config.Derived`) of ``cfg``'s agent; raises
+    ValueError for settings that give no whole number of updates."""
+    return config_module(agent_name(cfg)).derive(cfg.agent)

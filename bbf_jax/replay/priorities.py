@@ -47,3 +47,32 @@ def priorities_to_set(indices, per_sample_loss, minibatch_mean_loss, mode: str =
                 f"per_sample_loss has {loss.size} values for {indices.size} indices"
             )
     return indices, np.sqrt(loss + np.float32(1e-10))
+
+
+# Added to the priority signal before the exponent (BTR's ``PER.update_priorities``).
+PER_EPSILON = 1e-6
+
+
+def per_leaf_priorities(signal, priority_exponent: float) -> np.ndarray:
+    """(N,) float32 sum-tree leaves ``(signal + 1e-6) ** alpha``.
+
+    PER's proportional priority ``p_i^alpha`` (Schaul et al. 2016, eq. 1) with
+    ``p_i = signal_i + 1e-6``, as BTR's ``PER.update_priorities`` (alpha = 0.2, BTR paper
+    §3.2). New transitions enter with the largest leaf written so far
+    (:class:`~bbf_jax.replay.SubsequenceReplay`), i.e. ``max(p)^alpha``, as theirs.
+    """
+    signal = np.asarray(signal, np.float32)
+    return np.power(signal + np.float32(PER_EPSILON), np.float32(priority_exponent))
+
+
+def per_importance_weights(sampling_priority, exponent: float) -> np.ndarray:
+    """(B,) float32 PER importance weights ``(N P(i)) ** -exponent / max_j (...)``.
+
+    With ``P(i) = leaf_i / total`` and N transitions stored (Schaul et al. 2016 §3.4:
+    ``w_i = (N P(i))^-beta``, divided by the batch maximum so that they only scale updates
+    down, as BTR's ``PER.sample`` does), N and the total cancel:
+    ``w_i = (leaf_i / min_j leaf_j) ** -exponent``. ``exponent`` is beta, or for BTR's
+    'code' importance weights its alpha in beta's place. Leaves must be > 0.
+    """
+    p = np.asarray(sampling_priority, np.float32)
+    return np.power(p / p.min(), np.float32(-exponent)).astype(np.float32)

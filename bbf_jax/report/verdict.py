@@ -191,13 +191,15 @@ def describe(result: dict) -> list[str]:
 
 
 def verdict_for_run(result: dict, cfg, progress: bool = False) -> dict:
-    """The verdict of a finished run of ``cfg`` (an ExperimentConfig): against the
-    official runs at the official budget, else against a random policy evaluated with
-    the run's protocol and episode count (cached, see ``bbf_jax.random_baseline``;
+    """The verdict of a finished run of ``cfg`` (an ExperimentConfig): a BBF run at the
+    official budget against the official runs, else against a random policy evaluated
+    with the run's protocol and episode count (cached, see ``bbf_jax.random_baseline``;
     ``progress`` shows a bar while it plays)."""
+    from bbf_jax.agents import agent_name
     from bbf_jax.random_baseline import BASELINE_SEED, random_returns  # needs the emulator
 
-    official = official_set_for(cfg.run.num_train_steps, cfg.agent.replay_ratio)
+    official = (official_set_for(cfg.run.num_train_steps, cfg.agent.replay_ratio)
+                if agent_name(cfg) == "bbf" else None)
     verdict = make_verdict(result, official) if official is not None else None
     if verdict is None or verdict["official"] is None:
         baseline = random_returns(cfg.env.game, cfg.env, result["eval_episodes"], BASELINE_SEED,

@@ -18,6 +18,7 @@ import dataclasses
 import gin
 
 from bbf_jax.config import (
+    Derived,
     EnvConfig,
     ReplayConfig,
     RunConfig,
@@ -74,8 +75,9 @@ class BTRAgentConfig:
       batch_size: minibatch size; 256 (paper).
       update_period: vector steps between gradient steps; 1 (paper: one gradient
         step per vector step, i.e. 1/64 per env step).
-      batches_to_group: gradient steps fused into one jitted dispatch (``lax.scan``);
-        must divide ``updates_per_step``... with ``update_period`` 1 it is 1.
+      batches_to_group: G, gradient steps fused into one jitted dispatch
+        (``lax.scan``): G steps every ``G * update_period`` vector steps, the same
+        ratio in fewer dispatches; 1 (the authors' one step per vector step).
       num_taus: quantile fractions for the online, target and acting evaluations; 8.
       kappa: quantile Huber threshold; 1 (paper, as IQN).
       gamma: discount; 0.997 (paper).
@@ -92,11 +94,11 @@ class BTRAgentConfig:
       min_replay_history: transitions stored before learning starts; 200,000 (paper).
       priority_exponent: PER alpha of the stored priorities ``p = loss ** alpha``;
         0.2 (paper).
-      importance_weights: 'paper' (PER's ``(N P(i)) ** -beta`` normalised by the
-        batch maximum, with ``per_beta``) or 'code' (the authors' code:
-        ``(N P(i)) ** -alpha`` with ``priority_exponent`` in beta's place, unnormalised).
-      per_beta: PER beta of the 'paper' importance weights; 0.45 (code's
-        ``per_beta``, unused there).
+      importance_weights: 'paper' (PER's ``(N P(i)) ** -beta`` with ``per_beta``) or
+        'code' (the authors' ``PER.sample``: ``(N P(i)) ** -alpha``, with
+        ``priority_exponent`` in beta's place); both divided by the minibatch maximum.
+      per_beta: PER beta of the 'paper' importance weights, constant; 0.45 (the
+        code's ``per_beta``, never read there; the paper names no beta).
       epsilon_start: epsilon at the first step; 1.0 (paper).
       epsilon_final: value epsilon decays towards; 0.01 (paper).
       epsilon_decay_steps: the code's geometric decay constant, in env steps:
@@ -149,11 +151,41 @@ class ExperimentConfig:
 
 
 def make_experiment_config() -> ExperimentConfig:
-    """Builds BTR's config dataclasses from the currently parsed gin bindings."""
-    return ExperimentConfig(
+    """Builds BTR's config dataclasses from the currently parsed gin bindings.
+
+    Raises:
+      ValueError: for run options BBF has and BTR not: plasticity diagnostics
+        (``RunConfig.diagnostics_every`` must be 0) and groups of seeds
+        (``RunConfig.seeds``).
+    """
+    cfg = ExperimentConfig(
         network=BTRNetworkConfig(),
         agent=BTRAgentConfig(),
         replay=ReplayConfig(),
         env=EnvConfig(),
         run=RunConfig(),
+    )
+    if cfg.run.diagnostics_every:
+        raise ValueError(
+            f"RunConfig.diagnostics_every = {cfg.run.diagnostics_every}: plasticity "
+            "diagnostics exist for agent 'bbf' only; set it to 0 for 'btr' (as BTR.gin does)")
+    if cfg.run.seeds:
+        raise ValueError("RunConfig.seeds: a group of seeds in one process exists for agent "
+                         "'bbf' only; run BTR's seeds as separate runs (bbf-sweep)")
+    return cfg
+
+
+def derive(agent: BTRAgentConfig) -> Derived:
+    """BTR's update counts: G = ``batches_to_group`` gradient steps, in one dispatch,
+    every ``G * update_period`` vector steps; one state per sample (no SPR), n-step
+    horizon ``update_horizon``."""
+    g = agent.batches_to_group
+    return Derived(
+        gradient_steps_per_update=g,
+        update_period=g * agent.update_period,
+        batches_to_group=g,
+        dispatches_per_update=1,
+        group_size=g * agent.batch_size,
+        seq_len=1,
+        max_horizon=agent.update_horizon,
     )
