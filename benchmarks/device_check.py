@@ -34,6 +34,9 @@ in one line (exit status 2). Then, on JAX's default device:
     acts (of all seeds), each at the median time it takes alone afterwards (dispatch to
     ``block_until_ready``, launch included, so it can exceed 1 by that), over their wall
     time.
+(a') BTR's train step. BTR.gin's learner (paper sizes, 18 actions), B = 256, G = 1,
+    float32, 1 seed, timed as ``benchmarks/btr_train_step.py`` does (``part`` =
+    ``btr_train_step``).
 (c) Output. A summary table on stdout, the lines ``device_check_*`` with the headline
     numbers, and one CSV row per configuration appended to
     ``benchmarks/results/device_check.csv`` (date, commit, device, versions, load).
@@ -44,7 +47,8 @@ that (b) reuses (a)'s program and a second invocation compiles nothing;
 (``BBF_JAX_COMPILATION_CACHE=off`` times every compilation).
 
 ``--cpu-smoke``: smoke.gin (IMPALA width 1/4, hidden 64, B = 4, G = 2; Breakout),
-float32, 1 and 2 seeds, one timed dispatch; the real runs (1 seed, a group of 2) with
+float32, 1 and 2 seeds, one timed dispatch; BTR's step at btr_smoke.gin's sizes (B = 8);
+the real runs (1 seed, a group of 2) with
 ``min_replay_history`` 30, one warm-up step that trains and 2 timed agent steps.
 """
 
@@ -86,6 +90,7 @@ class Mode:
 
     name: str
     gin_file: str  # in gin_configs/
+    btr_gin_file: str  # (a')
     bindings: tuple[str, ...]
     groups: tuple[int, ...]
     dtypes: tuple[str, ...]
@@ -96,12 +101,12 @@ class Mode:
     warm_steps: int  # (b): agent steps after min_replay_history before the timing starts
 
 
-FULL = Mode("full", "BBF.gin", ("EnvConfig.game = 'Pong'",), (1, 2, 8),
+FULL = Mode("full", "BBF.gin", "BTR.gin", ("EnvConfig.game = 'Pong'",), (1, 2, 8),
             ("float32", "bfloat16", "float16"), (1, 8), repeats=10, agent_steps=3000,
             min_replay_history=1000, warm_steps=5)
 # smoke.gin's programs are those of the other smoke tests (shared compilation cache); its
 # first reset is at agent step 42. Step 31 is the first to train (compiled or loaded).
-SMOKE = Mode("cpu-smoke", "smoke.gin", (), (2,), ("float32",), (1, 2), repeats=1,
+SMOKE = Mode("cpu-smoke", "smoke.gin", "btr_smoke.gin", (), (2,), ("float32",), (1, 2), repeats=1,
              agent_steps=34, min_replay_history=30, warm_steps=2)
 
 
@@ -208,6 +213,24 @@ def measure_train_step(cfg, num_actions: int, initial: list, dtype: str, group: 
                 tflop_per_s=f"{gflop * seeds * group / dispatch_ms:.4f}")
 
 
+def btr_train_step(mode: Mode, common: dict) -> dict:
+    """(a'): BTR's train step of the mode's BTR config, G = 1, 1 seed; its CSV row."""
+    from btr_train_step import measure
+
+    from bbf_jax import gin_utils
+
+    cfg = gin_utils.parse([str(ROOT / "gin_configs" / mode.btr_gin_file)])
+    m = measure(cfg, 1, mode.repeats)
+    row = dict(common, part="btr_train_step", params=m["params"], dtype="float32", G=1,
+               batch_size=m["batch_size"], seeds=1, status="ok", compile_s=m["compile_s"],
+               step_ms=m["step_ms"], gflop_per_step=m["gflop_per_step"],
+               load_avg_1min=m["load_avg_1min"])
+    print(f"  BTR ({mode.btr_gin_file}): {m['step_ms']} ms per gradient step at B = "
+          f"{m['batch_size']}, {m['gflop_per_step']} GFLOP, {m['params']:,} parameters",
+          flush=True)
+    return row
+
+
 # ------------------------------------------------------------------ (b) real run
 def real_run(cfg, seeds: int, repeats: int, warm_steps: int) -> dict:
     """``cfg.run.num_train_steps`` agent steps of a real Runner (``seeds`` = 1) or of a
@@ -231,7 +254,7 @@ def real_run(cfg, seeds: int, repeats: int, warm_steps: int) -> dict:
                 cfg.run, seeds=tuple(range(seeds)))), tmp, progress=False)
             members = run.members
         for m in members:
-            m._start_episode()
+            m._start_episodes()
         while run.agent_step < cfg.agent.min_replay_history + warm_steps:
             run.step()
         warm_s = time.perf_counter() - t0
@@ -302,6 +325,8 @@ def headlines(train_rows: list[dict], run_rows: list[dict]) -> list[str]:
     dtype and G measured), and each real run's agent steps per second (of the run or
     group, and of all its seeds)."""
     lines = []
+    btr = [r for r in train_rows if r["part"] == "btr_train_step"]
+    train_rows = [r for r in train_rows if r["part"] == "train_step"]
     by = {(r["dtype"], r["G"], r["seeds"]): float(r["step_ms"]) for r in train_rows}
     dtype, group = ("bfloat16", 2) if ("bfloat16", 2, 1) in by else (
         train_rows[0]["dtype"], train_rows[0]["G"])
@@ -310,6 +335,8 @@ def headlines(train_rows: list[dict], run_rows: list[dict]) -> list[str]:
     most = max(s for d, g, s in by if (d, g) == (dtype, group))
     lines.append(f"device_check_seeds_wall_ratio[{most} seeds/1 seed]: "
                  f"{by[(dtype, group, most)] / one:.2f}")
+    for r in btr:
+        lines.append(f"device_check_btr_step_ms[B={r['batch_size']}]: {r['step_ms']}")
     for r in run_rows:
         lines.append(f"device_check_agent_steps_per_s[{r['seeds']} seeds]: "
                      f"{r['agent_steps_per_s']} ({r['all_seeds_steps_per_s']} of all seeds)")
@@ -365,6 +392,8 @@ def main(argv=None) -> int:
                     print(f"{'':>17}  {row['status']}", flush=True)
 
     del initial
+    train_rows.append(btr_train_step(mode, common))
+
     print(f"(b) real run: {cfg.run.num_train_steps:,} agent steps of {cfg.env.game}, "
           f"min_replay_history {cfg.agent.min_replay_history:,}", flush=True)
     run_rows = []

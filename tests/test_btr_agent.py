@@ -175,3 +175,24 @@ def test_btr_gin_selects_the_agent_and_rejects_bbf_options():
         gin_utils.parse([SMOKE], ["RunConfig.seeds = (0, 1)"])
     with pytest.raises(gin_utils.ConfigError, match="Experiment.agent must be one of"):
         gin_utils.parse([SMOKE], ["Experiment.agent = 'rainbow'"])
+
+
+def test_train_steps_runs_g_single_steps():
+    """G = 2 gradient steps in one dispatch compute the two single steps. The programs
+    differ (one unrolled dispatch against two), so XLA may round differently: each
+    parameter may differ by a few float32 ulps of the Adam update (lr 1e-4 times an
+    O(1) normalised step), bounded here by 1e-3 of the learning rate."""
+    learner, _, batch, _ = fixed_batch(np.random.default_rng(6))
+    state, h = learner.init(0), learner.default_hparams()
+    pair = jax.tree.map(lambda x: jnp.stack([x, x[::-1]]), batch)
+    grouped, metrics = jax.jit(learner.train_steps)(state, pair, h)
+    single = state
+    for g in range(2):
+        single, m = jax.jit(learner.train_step)(single, jax.tree.map(lambda x, g=g: x[g], pair),
+                                                h)
+        np.testing.assert_allclose(float(metrics["QuantileLoss"][g]), float(m["QuantileLoss"]),
+                                   rtol=1e-5)
+    assert int(grouped.grad_step) == 2
+    for a, b in zip(jax.tree.leaves(grouped.online["params"]),
+                    jax.tree.leaves(single.online["params"]), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-7)

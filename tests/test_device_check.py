@@ -45,6 +45,15 @@ def test_cpu_smoke_measures_train_steps_and_a_real_run(tmp_path, capsys, monkeyp
     one, two = (float(r["gflop_per_step"]) for r in train)
     assert one > 0 and math.isclose(one, two, rel_tol=0.05)
 
+    # BTR's step at btr_smoke.gin's sizes, batch 8, 18 actions: 44,498 parameters, the
+    # 43,574 of a btr_smoke run on Breakout's 4 actions plus 14 actions of the advantage
+    # stream's noisy 32 -> A layer (32 + 32 weights and 1 + 1 biases each: 924).
+    btr = [r for r in rows if r["part"] == "btr_train_step"]
+    assert [(r["params"], r["batch_size"], r["G"], r["status"]) for r in btr] == [
+        ("44498", "8", "1", "ok")]
+    assert float(btr[0]["step_ms"]) > 0 and float(btr[0]["gflop_per_step"]) > 0
+    assert "device_check_btr_step_ms[B=8]: " in printed
+
     # The single run and the group of 2 seeds (SeedGroup), each to agent step 34.
     run = [r for r in rows if r["part"] == "real_run"]
     assert [(r["seeds"], r["status"], r["agent_steps"]) for r in run] == [

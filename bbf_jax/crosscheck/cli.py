@@ -6,6 +6,7 @@
   bbf-crosscheck torch FILE...            (needs the 'torch' extra)
   bbf-crosscheck torch --gin_files F [--gin_bindings B ...] --num_actions A --seed S \\
       [--batch_size B]
+  bbf-crosscheck torch btr [--small] [--seed S] [--num_actions A] [--batch_size B]
 
 Exit status: 0 when every compared array is within tolerance, 1 on any mismatch,
 2 on a file or argument that cannot be used (one clear line, no traceback).
@@ -90,12 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True)
 
     t = sub.add_parser("torch", help="check the PyTorch reference against fixtures or bbf_jax")
-    t.add_argument("files", nargs="*")
+    t.add_argument("files", nargs="*", help="fixture files, or 'btr' for the BTR check")
     t.add_argument("--gin_files", nargs="+", default=[])
     t.add_argument("--gin_bindings", nargs="+", default=[])
     t.add_argument("--num_actions", type=int, default=6)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--batch_size", type=int, default=4)
+    t.add_argument("--small", action="store_true",
+                   help="torch btr: small network sizes instead of the paper's")
     return p
 
 

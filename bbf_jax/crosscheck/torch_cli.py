@@ -4,8 +4,10 @@
 kinds: ``network`` (every ``out*/``, ``encode_project`` and ``intermediate/`` array),
 ``losses`` (one training step per case, official README §4) and ``c51_projection``.
 ``torch --gin_files F ...`` compares with a freshly initialised bbf_jax learner
-(:mod:`bbf_jax.crosscheck.torch_selfcheck`). Both print the same table as ``verify``,
-with the bounds of :mod:`bbf_jax.tolerance` (the same functions as ``verify``).
+(:mod:`bbf_jax.crosscheck.torch_selfcheck`); ``torch btr [--small]`` does the same for
+the BTR network and update (:mod:`bbf_jax.crosscheck.torch_btr_check`). All print the
+same table as ``verify``, with the bounds of :mod:`bbf_jax.tolerance` (the same
+functions as ``verify``).
 """
 
 from __future__ import annotations
@@ -208,6 +210,17 @@ _VERIFY = {"network": verify_network, "losses": verify_losses, "c51_projection":
 
 def run(args) -> int:
     """Entry point of ``bbf-crosscheck torch``; exit status 0 / 1 / 2 as ``verify``."""
+    if args.files[:1] == ["btr"]:
+        if len(args.files) > 1 or args.gin_files:
+            print("error: torch btr takes no fixture files or --gin_files", file=sys.stderr)
+            return 2
+        tr.set_parity_numerics()
+        from bbf_jax.crosscheck import torch_btr_check
+
+        return torch_btr_check.run(args)
+    if args.small:
+        print("error: --small applies to 'bbf-crosscheck torch btr' only", file=sys.stderr)
+        return 2
     if args.gin_files and args.files:
         print("error: give fixture files or --gin_files, not both", file=sys.stderr)
         return 2

@@ -218,8 +218,18 @@ class Learner:
 
     def train_steps(self, state: TrainState, batches, hparams: HParams):
         """G gradient steps in one dispatch: ``batches`` is ``(G, B, ...)``; metrics come
-        back stacked ``(G, ...)``."""
-        return jax.lax.scan(lambda s, bt: self.train_step(s, bt, hparams), state, batches)
+        back stacked ``(G, ...)``.
+
+        The G steps are unrolled in the program rather than a ``lax.scan``: on XLA:CPU
+        the scan's loop body ran BTR's step 29 times slower (52.6 s against 1.8 s per
+        step at B = 32, paper sizes, 2-core Intel Xeon), and BTR's G is small (1).
+        """
+        metrics = []
+        for g in range(batches.action.shape[0]):
+            batch = jax.tree.map(lambda x, g=g: x[g], batches)
+            state, m = self.train_step(state, batch, hparams)
+            metrics.append(m)
+        return state, jax.tree.map(lambda *ms: jnp.stack(ms), *metrics)
 
 
 def make_network(net: BTRNetworkConfig, num_actions: int) -> BTRNetwork:
