@@ -89,6 +89,8 @@ class Check:
                 text += f" in {left}{lo}, {hi}{right}"
             elif self.lo is not None:
                 text += f" {'>' if self.lo_open else '>='} {lo}"
+            elif self.hi is not None:
+                text += f" {'<' if self.hi_open else '<='} {hi}"
         return f"None or {text}" if self.optional else text
 
 
@@ -211,8 +213,11 @@ class RunConfig:
     Attributes:
       seed: the one seed of the run, in [0, 2**32); every JAX key and numpy Generator
         derives from it, one per purpose (:mod:`bbf_jax.seeds`).
-      num_train_steps: agent steps of training. The official runner performs
-        num_train_steps + 1 steps (its stop test is '>'; spec §9.4).
+      num_train_steps: agent (env) steps of training. The official runner performs
+        num_train_steps + 1 steps (its stop test is '>'; spec §9.4); an agent with a
+        vector of N train envs (BTR) runs to the first multiple of N beyond that.
+        This and the intervals below count env steps for every agent; with N envs an
+        interval fires at the vector step that reaches or crosses a multiple of it.
       num_eval_episodes: evaluation episodes, one per parallel env.
       eval_every: agent steps between intermediate evaluations (0: only at the end).
       log_every: agent steps between logged training metrics.

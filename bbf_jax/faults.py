@@ -13,8 +13,6 @@ import shutil
 
 import numpy as np
 
-from bbf_jax.agents.bbf.learner import NONFINITE_CHECKED
-
 EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: try again later (rerun to resume)
 EXIT_NONFINITE = 3
 
@@ -38,13 +36,14 @@ class NonFiniteStop(Exception):
         self.directory = directory
 
 
-def nonfinite_names(flags) -> list[str]:
-    """The quantities set in the ``NonFinite`` bits ``flags`` (any shape), in order."""
+def nonfinite_names(flags, checked) -> list[str]:
+    """The quantities set in the ``NonFinite`` bits ``flags`` (any shape), in order; bit i
+    stands for ``checked[i]`` (the learner's ``NONFINITE_CHECKED``)."""
     bits = int(np.bitwise_or.reduce(np.asarray(flags, np.int64).ravel()))
-    return [k for i, k in enumerate(NONFINITE_CHECKED) if bits >> i & 1]
+    return [k for i, k in enumerate(checked) if bits >> i & 1]
 
 
-def nonfinite_message(flags, agent_step: int, first_grad_step: int) -> str:
+def nonfinite_message(flags, agent_step: int, first_grad_step: int, checked) -> str:
     """One line: the quantities that broke first, the agent step and that gradient step.
 
     ``flags`` are the ``(G,)`` ``NonFinite`` bits of a dispatch whose first gradient step
@@ -53,12 +52,14 @@ def nonfinite_message(flags, agent_step: int, first_grad_step: int) -> str:
     """
     flags = np.asarray(flags).ravel()
     j = int(np.flatnonzero(flags)[0])
-    return (f"non-finite {', '.join(nonfinite_names(flags[j]))} at agent step {agent_step} "
+    return (f"non-finite {', '.join(nonfinite_names(flags[j], checked))} at agent step "
+            f"{agent_step} "
             f"(gradient step {first_grad_step + j})")
 
 
 def write_nonfinite_report(directory, message: str, agent_step: int, first_grad_step: int,
-                           flags, metrics: dict, indices, checkpoints) -> pathlib.Path:
+                           flags, metrics: dict, indices, checkpoints,
+                           checked) -> pathlib.Path:
     """Writes the diagnostic directory of a non-finite dispatch and returns it.
 
     Contents: ``message.txt`` (the one line), ``batch.json`` (agent step, the dispatch's
@@ -78,7 +79,7 @@ def write_nonfinite_report(directory, message: str, agent_step: int, first_grad_
         "message": message,
         "agent_step": agent_step,
         "gradient_steps": list(range(first_grad_step, first_grad_step + g)),
-        "nonfinite": [nonfinite_names(f) for f in flags],
+        "nonfinite": [nonfinite_names(f, checked) for f in flags],
         "metrics": {k: np.asarray(v, np.float64).reshape(g).tolist()
                     for k, v in sorted(metrics.items()) if np.size(v) == g},
         "indices": np.asarray(indices).reshape(g, -1).tolist(),

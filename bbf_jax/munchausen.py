@@ -30,10 +30,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-# The network whose log-policy at s_t gives the Munchausen bonus: 'target' (M-IQN, the
-# paper's intent) or 'online' (the authors' code).
-BONUS_NETWORKS = ("target", "online")
-
 
 def scaled_log_policy(q: jnp.ndarray, entropy_tau) -> jnp.ndarray:
     """``tau * log softmax(q / tau)`` along the last (action) axis, float32, ``q``'s shape.

@@ -63,9 +63,9 @@ class Agent(Protocol):
         ``metric_names`` and ``NonFinite``, each ``(G,)``, and ``per_sample_metric``
         ``(G, B)``), ``agent.batch_size``.
       derived: update counts (``update_period`` in vector steps).
-      num_envs: train envs stepped as one vector.
       metric_names: the scalar training metrics logged (train_log.csv columns).
       per_sample_metric: the learner's per-sample metric that :meth:`priorities` reads.
+      nonfinite_checked: the quantities bit i of the learner's ``NonFinite`` stands for.
       reset_config: a ``ResetConfig`` for agents with shrink-and-perturb resets, else None.
       select: pure ``(params, states (N, 84, 84, 4) uint8, key, epsilon) -> (key,
         actions (N,) int32)`` of training.
@@ -75,9 +75,9 @@ class Agent(Protocol):
 
     learner: Any
     derived: Derived
-    num_envs: int
     metric_names: tuple[str, ...]
     per_sample_metric: str
+    nonfinite_checked: tuple[str, ...]
     reset_config: Any
     select: Any
     select_eval: Any
@@ -125,9 +125,15 @@ def schedule_summary(cfg, derived: Derived, num_devices: int, num_envs: int = 1)
     step = "agent step(s)" if num_envs == 1 else f"vector step(s) of {num_envs} envs"
     return (
         f"{d.gradient_steps_per_update} gradient step(s) every {d.update_period} {step} "
-        f"in groups of {d.batches_to_group}, {cfg.run.num_train_steps + 1:,} agent "
+        f"in groups of {d.batches_to_group}, {total_steps(cfg, num_envs):,} agent "
         f"steps, {num_devices} device(s) [{jax.devices()[0].platform}]"
     )
+
+
+def total_steps(cfg, num_envs: int = 1) -> int:
+    """Agent (env) steps a run makes: the official ``num_train_steps + 1``, rounded up to
+    whole vector steps of ``num_envs``."""
+    return -(-(cfg.run.num_train_steps + 1) // num_envs) * num_envs
 
 
 def crossed(step: int, num_envs: int, every: int) -> bool:
@@ -285,8 +291,8 @@ class Runner:
     def _record(self, metrics: dict, per_sample: np.ndarray, indices, before) -> None:
         """After a dispatch: non-finite check, priorities, metrics and diagnostics.
 
-        ``metrics`` holds the dispatch's host metrics ``(G,)`` (without
-        ``dqn_loss_per_sample``), ``per_sample`` the ``(G, B)`` DQN losses and
+        ``metrics`` holds the dispatch's host metrics ``(G,)`` (without the per-sample
+        metric), ``per_sample`` the agent's ``(G, B)`` per-sample metric and
         ``indices`` the replay indices of the group.
         """
         self.pipeline.sync()  # no buffer mutation while a sample is being drawn
@@ -307,7 +313,8 @@ class Runner:
         """'stop': writes ``base_dir/nonfinite`` and raises :class:`faults.NonFiniteStop`;
         'skip': counts the dropped steps and says so (at 1, 2, 4, ... of them)."""
         first = self.grad_steps - self.derived.batches_to_group + 1
-        message = faults.nonfinite_message(flags, self.agent_step, first)
+        checked = self.agent.nonfinite_checked
+        message = faults.nonfinite_message(flags, self.agent_step, first, checked)
         if self.cfg.run.on_nonfinite == "skip":
             self.skipped_updates += int(np.count_nonzero(flags))
             if self.primary and self.skipped_updates & (self.skipped_updates - 1) == 0:
@@ -319,7 +326,8 @@ class Runner:
             self._saved(self.checkpointer.wait())  # the newest checkpoint, complete
         if self.primary:
             faults.write_nonfinite_report(directory, message, self.agent_step, first, flags,
-                                          metrics, indices, self.base_dir / "checkpoints")
+                                          metrics, indices, self.base_dir / "checkpoints",
+                                          checked)
         raise faults.NonFiniteStop(message, directory)
 
     def _acting_params(self):
@@ -417,6 +425,7 @@ class Runner:
         )
         mean = float(np.mean(result.returns))
         return {
+            "agent_name": agents.agent_name(cfg),
             "game": self.env.game,
             "seed": cfg.run.seed,
             "agent_steps": self.agent_step,
@@ -606,7 +615,7 @@ class Runner:
         self.tb = (metrics_io.TensorBoard if self.primary else metrics_io.NullLog)(
             self.base_dir, purge_step=self.agent_step or None
         )
-        self.bar = tqdm.tqdm(total=self.cfg.run.num_train_steps + 1, initial=self.agent_step,
+        self.bar = tqdm.tqdm(total=total_steps(self.cfg, self.num_envs), initial=self.agent_step,
                              desc=f"train {self.env.game}",
                              disable=member or not (self.progress and self.primary), unit="step",
                              dynamic_ncols=True,

@@ -83,7 +83,8 @@ class RunSeeds:
 
     @property
     def train_env(self) -> int:
-        """``AtariEnv`` seed of the training env."""
+        """``AtariEnv`` seed of the training env; a vector of N train envs (BTR) uses
+        ``bbf_jax.envs.env_seeds(train_env, N)``, one child seed per env."""
         return _int(_host(self.seed, _ENV))
 
     @property

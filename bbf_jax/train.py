@@ -131,7 +131,8 @@ def main(argv=None) -> int:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.gin").write_text(operative)
             (run_dir / "config.json").write_text(
-                json.dumps({"gin_files": args.gin_files, "gin_bindings": run_bindings,
+                json.dumps({"agent_name": agents.agent_name(run_cfg),
+                            "gin_files": args.gin_files, "gin_bindings": run_bindings,
                             "num_processes": jax.process_count(),
                             **{k: dataclasses.asdict(v) for k, v in vars(run_cfg).items()}},
                            indent=1, default=list)

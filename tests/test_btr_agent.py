@@ -196,3 +196,51 @@ def test_train_steps_runs_g_single_steps():
     for a, b in zip(jax.tree.leaves(grouped.online["params"]),
                     jax.tree.leaves(single.online["params"]), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-7)
+
+
+def test_config_reaches_the_network_and_learner():
+    net = BTRNetworkConfig(width_scale=0.5, num_blocks=3, pool_size=4, spectral_norm=False,
+                           layer_norm=True, hidden_dim=16, num_cosines=5, noisy_sigma0=0.1)
+    agent = dataclasses.replace(AGENT, adam_eps=1e-3, max_grad_norm=2.0)
+    network = make_learner(agent, net, 7).network
+    assert (network.num_actions, network.width_scale, network.num_blocks,
+            network.adaptive_pool, network.spectral_norm, network.layer_norm, network.hidden,
+            network.num_cosines, network.noisy_sigma0) == (7, 0.5, 3, 4, False, True, 16, 5,
+                                                           0.1)
+    assert network.feature_dim == 16 * 4 * 4
+
+
+def test_replay_and_warm_up_must_fit_the_vector_of_envs():
+    with pytest.raises(gin_utils.ConfigError, match=r"ReplayConfig.capacity = 1002 must be a "
+                                                    r"multiple of BTRAgentConfig.num_envs = 4"):
+        gin_utils.parse([SMOKE], ["ReplayConfig.capacity = 1002"])
+    # 4 envs x (n 3 + 1 + 4 frames) = 32 transitions before a state can be sampled.
+    with pytest.raises(gin_utils.ConfigError, match="min_replay_history = 31 is too short"):
+        gin_utils.parse([SMOKE], ["BTRAgentConfig.min_replay_history = 31"])
+    assert gin_utils.parse([SMOKE], ["BTRAgentConfig.min_replay_history = 32"])
+
+
+def test_sweep_validates_btr_variants():
+    from bbf_jax.sweep.grid import SweepError, Variant, validate
+
+    validate([SMOKE], [], [Variant("rr", ("BTRAgentConfig.update_period = 2",))], "Pong")
+    with pytest.raises(SweepError, match="variant bad: .*num_taus must be an integer >= 1"):
+        validate([SMOKE], [], [Variant("bad", ("BTRAgentConfig.num_taus = 0",))], "Pong")
+
+
+def test_derived_update_counts_and_schedules():
+    from bbf_jax.agents.btr.config import derive
+
+    a = dataclasses.replace(AGENT, update_period=2, batches_to_group=3, update_horizon=5,
+                            gamma=0.99, epsilon_start=0.5, epsilon_final=0.1,
+                            epsilon_decay_steps=2, epsilon_eval=0.05)
+    d = derive(a)
+    # G = 3 gradient steps in one dispatch every 3 * 2 vector steps: one per 2, as asked.
+    assert (d.gradient_steps_per_update, d.update_period, d.batches_to_group,
+            d.dispatches_per_update, d.group_size, d.seq_len, d.max_horizon) == (
+        3, 6, 3, 1, 24, 1, 5)
+    agent = make_agent(ExperimentConfig(network=NET, agent=a), NUM_ACTIONS)
+    assert agent.schedule(0) == agent.schedule(10**6) == (5, 0.99)
+    # 0.1 + 0.4 * (1 - 1/2) ** k
+    assert [agent.epsilon(k) for k in (0, 1, 2)] == [0.5, 0.30000000000000004, 0.2]
+    assert agent.epsilon_eval == 0.05

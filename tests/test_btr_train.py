@@ -41,7 +41,7 @@ def test_btr_run_writes_the_run_directory(uninterrupted, capsys):
                  "checkpoints.csv", "eval.json", "curves.png"):
         assert (base / name).is_file(), name
     result = json.loads((base / "eval.json").read_text())
-    assert result["agent_steps"] == LAST_STEP
+    assert result["agent_name"] == "btr" and result["agent_steps"] == LAST_STEP
     # Training starts once more than 80 transitions are stored (after 21 vector steps):
     # one gradient step per vector step from then on.
     assert result["grad_steps"] == LAST_STEP // NUM_ENVS - 21
@@ -55,7 +55,8 @@ def test_btr_run_writes_the_run_directory(uninterrupted, capsys):
     assert [int(e["agent_step"]) for e in episodes] == [NUM_ENVS * 40] * NUM_ENVS
     assert all(int(e["episode_length"]) == 40 for e in episodes)
     assert [int(r["agent_step"]) for r in _rows(base / "checkpoints.csv")] == [120, 240, 244]
-    assert json.loads((base / "config.json").read_text())["agent"]["num_envs"] == NUM_ENVS
+    config = json.loads((base / "config.json").read_text())
+    assert config["agent_name"] == "btr" and config["agent"]["num_envs"] == NUM_ENVS
 
 
 def test_btr_resume_is_exact(uninterrupted, tmp_path):

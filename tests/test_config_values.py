@@ -11,9 +11,11 @@ import pytest
 from bbf_jax import config as C
 from bbf_jax import gin_utils
 from bbf_jax.agents.bbf import config as BBF
+from bbf_jax.agents.btr import config as BTR
 
 CONFIGS = {c.__name__: c for c in (BBF.NetworkConfig, BBF.AgentConfig, BBF.ResetConfig,
-                                   C.ReplayConfig, C.EnvConfig, C.RunConfig, C.Experiment)}
+                                   C.ReplayConfig, C.EnvConfig, C.RunConfig, C.Experiment,
+                                   BTR.BTRNetworkConfig, BTR.BTRAgentConfig)}
 NAN, INF = math.nan, math.inf
 
 # field: (values it accepts, values it rejects, what the error says is allowed)
@@ -115,6 +117,45 @@ TABLE = {
     },
     "Experiment": {
         "agent": (["bbf", "btr"], ["BBF", "rainbow", "", None], "one of ['bbf', 'btr']"),
+    },
+    "BTRNetworkConfig": {
+        "width_scale": POS,
+        "num_blocks": INT1,
+        "pool_size": INT1,
+        "spectral_norm": BOOL,
+        "layer_norm": BOOL,
+        "hidden_dim": INT1,
+        "num_cosines": INT1,
+        "noisy_sigma0": NONNEG,
+    },
+    "BTRAgentConfig": {
+        "num_envs": INT1,
+        "batch_size": INT1,
+        "update_period": INT1,
+        "batches_to_group": INT1,
+        "num_taus": INT1,
+        "kappa": POS,
+        "gamma": PROB,
+        "update_horizon": INT1,
+        "munchausen_alpha": NONNEG,
+        "munchausen_tau": POS,
+        "munchausen_clip": ([-1.0, 0, -3], [0.5, "x", NAN, INF, True, None], "a number <= 0"),
+        "bonus_network": (["target", "online"], ["Target", "both", None],
+                          "one of ['target', 'online']"),
+        "learning_rate": NONNEG,
+        "adam_eps": NONNEG,
+        "max_grad_norm": POS,
+        "target_update_period": INT1,
+        "min_replay_history": INT0,
+        "priority_exponent": NONNEG,
+        "importance_weights": (["paper", "code"], ["Paper", "beta", None],
+                               "one of ['paper', 'code']"),
+        "per_beta": PROB,
+        "epsilon_start": PROB,
+        "epsilon_final": PROB,
+        "epsilon_decay_steps": INT1,
+        "epsilon_off_after": INT0,
+        "epsilon_eval": PROB,
     },
 }
 

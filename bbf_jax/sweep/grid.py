@@ -132,13 +132,12 @@ def train_command(run: SweepRun, gin_files, gin_bindings, base_dir, python=None)
 def validate(gin_files, gin_bindings, variants, game: str) -> None:
     """Parses every variant's configuration (with ``game``) before any run starts, so that a
     typo fails once with one line instead of in every run."""
-    from bbf_jax import gin_utils
-    from bbf_jax.agents.bbf.config import derive
+    from bbf_jax import agents, gin_utils
 
     for v in variants:
         try:
             cfg = gin_utils.parse(gin_files, [*gin_bindings, *v.gin_bindings,
                                               f"EnvConfig.game = '{game}'"])
-            derive(cfg.agent, n_envs=1)
+            agents.derive(cfg)
         except ValueError as e:
             raise SweepError(f"variant {v.name}: {e}") from None

@@ -18,7 +18,13 @@ from bbf_jax import schedules
 from bbf_jax.agents.bbf import resets
 from bbf_jax.agents.bbf.acting import select_actions
 from bbf_jax.agents.bbf.config import ExperimentConfig, derive
-from bbf_jax.agents.bbf.learner import METRIC_NAMES, Learner, make_learner, to_train_batch
+from bbf_jax.agents.bbf.learner import (
+    METRIC_NAMES,
+    NONFINITE_CHECKED,
+    Learner,
+    make_learner,
+    to_train_batch,
+)
 from bbf_jax.config import Derived
 from bbf_jax.replay import priorities_to_set
 
@@ -31,9 +37,9 @@ class BBFAgent:
     learner: Learner
     derived: Derived
 
-    num_envs = 1
     metric_names = METRIC_NAMES
     per_sample_metric = "dqn_loss_per_sample"
+    nonfinite_checked = NONFINITE_CHECKED
 
     @property
     def reset_config(self):

@@ -397,12 +397,13 @@ def make_learner(
                    skip_nonfinite=skip_nonfinite)
 
 
-def to_train_batch(sample, batches_to_group: int, batch_size: int) -> FrameBatch:
+def to_train_batch(sample, batches_to_group: int, batch_size: int,
+                   loss_weight=None) -> FrameBatch:
     """Host sample of ``N = G * B`` transitions -> :class:`FrameBatch` ``(G, B, ...)``.
 
-    ``sample`` has the fields of ``bbf_jax.replay.ReplaySample``. Importance
-    weights are normalised over all N (spec §4.8); minibatch g is rows
-    ``g*B .. (g+1)*B - 1`` (the official split).
+    ``sample`` has the fields of ``bbf_jax.replay.ReplaySample``; minibatch g is rows
+    ``g*B .. (g+1)*B - 1`` (the official split). ``loss_weight`` ``(N,)``: the
+    importance weights; None: BBF's, normalised over all N (spec §4.8).
     """
     n = batches_to_group * batch_size
     if sample.frames.shape[0] != n:
@@ -420,5 +421,6 @@ def to_train_batch(sample, batches_to_group: int, batch_size: int) -> FrameBatch
         discount=group(sample.discount, np.float32),
         terminal=group(sample.terminal, np.float32),
         same_trajectory=group(sample.same_trajectory, np.float32),
-        loss_weight=group(importance_weights(sample.sampling_priority)),
+        loss_weight=group(importance_weights(sample.sampling_priority)
+                          if loss_weight is None else loss_weight),
     )

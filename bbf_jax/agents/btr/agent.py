@@ -17,7 +17,7 @@ import numpy as np
 
 from bbf_jax.agents.bbf.learner import to_train_batch
 from bbf_jax.agents.btr.config import ExperimentConfig, derive
-from bbf_jax.agents.btr.learner import METRIC_NAMES, Learner, make_learner
+from bbf_jax.agents.btr.learner import METRIC_NAMES, NONFINITE_CHECKED, Learner, make_learner
 from bbf_jax.config import Derived
 from bbf_jax.replay.priorities import per_importance_weights, per_leaf_priorities
 
@@ -56,11 +56,8 @@ class BTRAgent:
 
     metric_names = METRIC_NAMES
     per_sample_metric = "td_abs_per_sample"
+    nonfinite_checked = NONFINITE_CHECKED
     reset_config = None
-
-    @property
-    def num_envs(self) -> int:
-        return self.cfg.agent.num_envs
 
     def hparams(self):
         return self.learner.default_hparams()
@@ -101,11 +98,10 @@ class BTRAgent:
         (``importance_weights``: beta, or alpha for 'code'), normalised per minibatch."""
         a = self.cfg.agent
         exponent = a.per_beta if a.importance_weights == "paper" else a.priority_exponent
-        batch = to_train_batch(sample, batches_to_group, batch_size)
         priorities = np.asarray(sample.sampling_priority, np.float32).reshape(
             batches_to_group, batch_size)
-        weights = np.stack([per_importance_weights(p, exponent) for p in priorities])
-        return batch._replace(loss_weight=weights)
+        weights = np.concatenate([per_importance_weights(p, exponent) for p in priorities])
+        return to_train_batch(sample, batches_to_group, batch_size, weights)
 
     def priorities(self, indices, per_sample, metrics):
         """Every sampled leaf gets ``(its mean_j sum_i |delta_ij| + 1e-6) ** alpha``."""

@@ -75,9 +75,9 @@ class BTRAgentConfig:
       batch_size: minibatch size; 256 (paper).
       update_period: vector steps between gradient steps; 1 (paper: one gradient
         step per vector step, i.e. 1/64 per env step).
-      batches_to_group: G, gradient steps fused into one jitted dispatch
-        (``lax.scan``): G steps every ``G * update_period`` vector steps, the same
-        ratio in fewer dispatches; 1 (the authors' one step per vector step).
+      batches_to_group: G, gradient steps fused into one jitted dispatch (unrolled in
+        the program): G steps every ``G * update_period`` vector steps, the same ratio
+        in fewer dispatches; 1 (the authors' one step per vector step).
       num_taus: quantile fractions for the online, target and acting evaluations; 8.
       kappa: quantile Huber threshold; 1 (paper, as IQN).
       gamma: discount; 0.997 (paper).
@@ -153,10 +153,15 @@ class ExperimentConfig:
 def make_experiment_config() -> ExperimentConfig:
     """Builds BTR's config dataclasses from the currently parsed gin bindings.
 
+    ``ReplayConfig.priority_update`` and ``same_trajectory_mask`` are BBF's and do
+    not apply: BTR writes every sampled leaf's own priority, and its samples hold one
+    state (no SPR mask).
+
     Raises:
       ValueError: for run options BBF has and BTR not: plasticity diagnostics
         (``RunConfig.diagnostics_every`` must be 0) and groups of seeds
-        (``RunConfig.seeds``).
+        (``RunConfig.seeds``); for a replay too small for the vector of envs, or a
+        warm-up too short to sample from.
     """
     cfg = ExperimentConfig(
         network=BTRNetworkConfig(),
@@ -172,6 +177,19 @@ def make_experiment_config() -> ExperimentConfig:
     if cfg.run.seeds:
         raise ValueError("RunConfig.seeds: a group of seeds in one process exists for agent "
                          "'bbf' only; run BTR's seeds as separate runs (bbf-sweep)")
+    a = cfg.agent
+    # Each env's stream needs n + 1 + stack_size rows before a state can be sampled.
+    rows = a.update_horizon + 1 + cfg.replay.stack_size
+    if cfg.replay.capacity < a.num_envs * rows or cfg.replay.capacity % a.num_envs:
+        raise ValueError(
+            f"ReplayConfig.capacity = {cfg.replay.capacity} must be a multiple of "
+            f"BTRAgentConfig.num_envs = {a.num_envs} and hold at least {rows} transitions "
+            f"per env (update_horizon + 1 + stack_size)")
+    if a.min_replay_history < a.num_envs * rows:
+        raise ValueError(
+            f"BTRAgentConfig.min_replay_history = {a.min_replay_history} is too short to "
+            f"sample from: at least {a.num_envs * rows} transitions ({rows} per env of "
+            f"num_envs = {a.num_envs})")
     return cfg
 
 

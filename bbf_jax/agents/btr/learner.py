@@ -1,7 +1,7 @@
 """The BTR update: Munchausen-IQN with PER, pure and jittable (paper §3, App. E.2).
 
 ``train_step(state, batch, hparams) -> (state, metrics)`` performs one gradient step
-on a minibatch; ``train_steps`` performs G of them in one dispatch with ``lax.scan``.
+on a minibatch; ``train_steps`` performs G of them in one dispatch (unrolled).
 The batch is the shared replay's :class:`~bbf_jax.agents.bbf.learner.FrameBatch` with
 one state per row (``seq_len = 1``); its ``loss_weight`` holds the PER importance
 weights (:meth:`BTRAgent.to_train_batch <bbf_jax.agents.btr.agent.BTRAgent>`).
