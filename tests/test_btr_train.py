@@ -35,7 +35,9 @@ def uninterrupted(tmp_path_factory):
     return base
 
 
-def test_btr_run_writes_the_run_directory(uninterrupted, capsys):
+def test_btr_run_writes_the_run_directory(uninterrupted):
+    from bbf_jax.report.verdict import describe
+
     base = uninterrupted
     for name in ("config.gin", "config.json", "train_log.csv", "episodes.csv",
                  "checkpoints.csv", "eval.json", "curves.png"):
@@ -47,6 +49,7 @@ def test_btr_run_writes_the_run_directory(uninterrupted, capsys):
     assert result["grad_steps"] == LAST_STEP // NUM_ENVS - 21
     assert result["eval_episodes"] == len(result["returns"]) == 2
     assert result["verdict"]["official"] is None  # official BBF runs are not BTR's
+    assert not any("official BBF budget" in line for line in describe(result))
     log = _rows(base / "train_log.csv")
     assert [int(r["agent_step"]) for r in log] == [120, 160, 200, 240]
     assert {"QuantileLoss", "MunchausenBonus", "TDError"} <= set(log[0])

@@ -184,9 +184,10 @@ def describe(result: dict) -> list[str]:
             f"  random policy, same protocol: mean {r['mean_return']:.2f} over "
             f"{r['episodes']} episodes; difference {r['difference']:+.2f} (95% CI {dlo:+.2f} "
             f"to {dhi:+.2f}), P(episode beats random) {r['p_episode_beats_random']:.2f}")
-        lines.append(
-            f"  (short run: the official BBF budget is {OFFICIAL_BUDGET_STEPS:,} agent steps; "
-            "a GPU is needed to compare with the paper)")
+        if result.get("agent_name", "bbf") == "bbf":
+            lines.append(
+                f"  (short run: the official BBF budget is {OFFICIAL_BUDGET_STEPS:,} agent "
+                "steps; a GPU is needed to compare with the paper)")
     return lines
 
 
