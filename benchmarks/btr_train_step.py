@@ -4,7 +4,8 @@ batch 256, 18 actions), through the runner's data-parallel ``train_steps``.
 
 Compiles ahead of time (compile time reported, never timed with the steps), then times
 ``repeats`` dispatches of G gradient steps on a fixed random batch placed by the
-runner's ``put_fn`` (PER weights included), each ended by ``block_until_ready``.
+runner's ``put_fn`` (PER weights included), each ended by ``block_until_ready``
+(``train_step.py``'s batch and timing).
 Prints a table and appends one row per configuration to
 ``benchmarks/results/btr_train_step.csv`` (device, versions, commit, load average).
 The paper's own rate, derived from 200M frames in 11.5 h on an RTX 4090 with 64 envs,
@@ -30,33 +31,13 @@ FIELDS = ["date", "commit", "device", "jax", "params", "batch_size", "G", "repea
 NUM_ACTIONS, SEED = 18, 0
 
 
-def random_sample(rows: int, seed: int = 0):
-    """A replay sample of ``rows`` single-state transitions with random frames."""
-    import numpy as np
-
-    from bbf_jax.replay import ReplaySample
-
-    rng = np.random.default_rng(seed)
-    return ReplaySample(
-        frames=rng.integers(0, 256, (rows, 8, 84, 84), dtype=np.uint8),
-        stack_mask=np.ones((rows, 2, 4), bool),
-        action=rng.integers(0, NUM_ACTIONS, (rows, 1)).astype(np.int32),
-        returns=rng.normal(size=rows).astype(np.float32),
-        discount=np.full(rows, 0.997**3, np.float32),
-        terminal=(rng.random(rows) < 0.01).astype(np.float32),
-        same_trajectory=np.ones((rows, 1), np.float32),
-        sampling_priority=rng.uniform(0.5, 2.0, rows).astype(np.float32),
-        indices=np.arange(rows),
-    )
-
-
 def measure(cfg, group: int, repeats: int) -> dict:
     """Compiles and times BTR's train step of ``cfg`` (a BTR ExperimentConfig) with G =
     ``group``; returns the numbers of one CSV row."""
     import dataclasses
 
     import jax
-    import numpy as np
+    from train_step import random_sample, time_dispatches
 
     from bbf_jax import parallel
     from bbf_jax.agents.btr.agent import make_agent
@@ -68,7 +49,7 @@ def measure(cfg, group: int, repeats: int) -> dict:
     mesh = parallel.make_mesh(1)
     state = parallel.replicate(learner.init(SEED), mesh)
     put = parallel.make_put_fn(mesh, group, batch_size, agent.to_train_batch)
-    batch = put(random_sample(group * batch_size))
+    batch = put(random_sample(group * batch_size, 1, SEED, NUM_ACTIONS))  # one state per row
     hparams = parallel.replicate(learner.default_hparams(), mesh)
     step = parallel.make_parallel_train_steps(learner, mesh)
     t0 = time.perf_counter()
@@ -78,17 +59,9 @@ def measure(cfg, group: int, repeats: int) -> dict:
     cost = jax.jit(learner.train_step).lower(
         jax.eval_shape(lambda: state), one, hparams).cost_analysis()
     gflop = float(cost.get("flops", float("nan"))) / 1e9 if cost else float("nan")
-    state, metrics = compiled(state, batch, hparams)  # warm-up
-    jax.block_until_ready(state)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        state, metrics = compiled(state, batch, hparams)
-        jax.block_until_ready((state, metrics))
-        times.append(time.perf_counter() - t0)
-    if not np.all(np.isfinite(np.asarray(metrics["TotalLoss"]))):
-        raise FloatingPointError("non-finite BTR loss")
-    step_ms = float(np.median(times)) * 1e3 / group
+    state, dispatch_ms = time_dispatches(compiled, state, batch, hparams, repeats,
+                                         f"BTR, B={batch_size}, G={group}")
+    step_ms = dispatch_ms / group
     return dict(params=agent.param_count(state), batch_size=batch_size, G=group,
                 repeats=repeats, compile_s=f"{compile_s:.1f}", step_ms=f"{step_ms:.1f}",
                 steps_per_s=f"{1e3 / step_ms:.2f}", gflop_per_step=f"{gflop:.4g}",
