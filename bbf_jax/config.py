@@ -289,7 +289,7 @@ class Derived:
     max_horizon: int
 
 
-AGENTS = ("bbf", "btr")
+AGENTS = ("bbf", "btr", "brc")
 
 
 @gin.configurable
@@ -298,8 +298,9 @@ class Experiment:
     """Which agent a gin configuration trains.
 
     Attributes:
-      agent: 'bbf' (default, so that every BBF gin file keeps working unchanged) or
-        'btr' (:mod:`bbf_jax.agents.btr`).
+      agent: 'bbf' (default, so that every BBF gin file keeps working unchanged),
+        'btr' (:mod:`bbf_jax.agents.btr`) or 'brc' (:mod:`bbf_jax.agents.brc`: BRC and
+        its DQN baselines on LunarLander).
     """
 
     agent: str = choice("bbf", *AGENTS)

@@ -1,5 +1,7 @@
 """The agents, one folder each: ``bbf`` (BBF and its Atari 100k relatives: DER, SPR,
-SR-SPR, DrQ(eps), selected by gin file) and ``btr`` (Beyond The Rainbow).
+SR-SPR, DrQ(eps), selected by gin file), ``btr`` (Beyond The Rainbow) and ``brc``
+(BRC and its DQN baselines on three LunarLander tasks; its own episode-based runner,
+``bbf_jax/agents/brc/runner.py``).
 
 An agent folder holds its config dataclasses (``config.py``, with a
 ``make_experiment_config()`` that builds its ``ExperimentConfig`` from gin) and its
@@ -38,13 +40,18 @@ def make_experiment_config():
       ValueError: a binding of another agent's configurable (it would be ignored).
     """
     name = Experiment().agent
+    module = config_module(name)
+    shared = getattr(module, "SHARED_CONFIGS", None)
     # gin keeps the bindings by (scope, full selector); it has no public listing of them.
     for _, selector in gin.config._CONFIG:
         parts = selector.split(".")
         if parts[:2] == ["bbf_jax", "agents"] and parts[2] != name:
             raise ValueError(f"{parts[-1]} is a configurable of agent '{parts[2]}', but "
                              f"Experiment.agent = '{name}'")
-    return config_module(name).make_experiment_config()
+        if parts[:2] == ["bbf_jax", "config"] and shared is not None and parts[-1] not in shared:
+            raise ValueError(f"{parts[-1]} does not apply to agent '{name}' (it reads "
+                             f"{', '.join(shared)})")
+    return module.make_experiment_config()
 
 
 def agent_name(cfg) -> str:
