@@ -4,7 +4,8 @@
       [--agents brc shared_dqn independent_dqn] [--out benchmarks/results/brc_lunar]
 
 Trains each agent with ``bbf-train`` (its gin file, all seeds vmapped in one process)
-into ``OUT/runs/<agent>/seed_<s>/`` and writes to ``OUT/``:
+into ``RUNS/<agent>/seed_<s>/`` (``--runs_dir``, default ``OUT/runs``) and writes to
+``OUT/``:
 
 * ``summary.csv``: per agent and task ('average' = the mean of the task means), the
   mean over seeds of the final greedy evaluation return with its 95% bootstrap CI
@@ -46,7 +47,7 @@ def train(agent: str, seeds: list[int], episodes_per_task: int, eval_every: int,
           out: pathlib.Path, progress: bool) -> tuple[list[dict], float]:
     from bbf_jax import train as train_cli
 
-    run_dir = out / "runs" / agent
+    run_dir = out / agent
     argv = ["--gin_files", str(ROOT / "gin_configs" / GIN[agent]), "--base_dir", str(run_dir),
             "--seeds", *map(str, seeds), "--gin_bindings",
             f"BRCAgentConfig.episodes_per_task = {episodes_per_task}",
@@ -120,6 +121,7 @@ def main(argv=None) -> None:
     parser.add_argument("--eval_every", type=int, default=50,
                         help="training episodes between evaluations")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "brc_lunar"))
+    parser.add_argument("--runs_dir", default=None, help="where the runs go (default OUT/runs)")
     parser.add_argument("--note", default="")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -133,8 +135,8 @@ def main(argv=None) -> None:
                 episodes_per_task=args.episodes_per_task)
     rows, curves = [], {}
     for agent in args.agents:
-        results, wall = train(agent, args.seeds, args.episodes_per_task, args.eval_every, out,
-                              not args.no_progress)
+        results, wall = train(agent, args.seeds, args.episodes_per_task, args.eval_every,
+                              pathlib.Path(args.runs_dir or out / "runs"), not args.no_progress)
         curves[agent] = results
         rows += summarize(agent, results, wall, base)
         avg = rows[-1]
