@@ -14,6 +14,9 @@ _TORCH = ["torch==2.13.0"]  # the CPU build; a looser range pulls GBs of CUDA wh
 # rliable cross-checks the report's estimators; its arch dependency fails to import with
 # pandas 3, hence the pandas pin (test extra only).
 _TEST = ["pytest>=8.0", "pytest-xdist>=3.5", "hypothesis>=6.100", "rliable>=1.2.0", "pandas<3"]
+# LunarLander (agent 'brc'): box2d 2.3.10 has wheels for Python 3.11-3.13, so no SWIG build;
+# gymnasium's box2d package also imports pygame.
+_BOX2D = ["box2d>=2.3.10", "pygame>=2.1.3"]
 
 setup(
     name="bbf_jax",
@@ -46,8 +49,9 @@ setup(
     ],
     extras_require={
         "torch": _TORCH,
+        "box2d": _BOX2D,
         "test": _TEST,
-        "dev": _TEST + _TORCH + ["ruff>=0.5"],
+        "dev": _TEST + _TORCH + _BOX2D + ["ruff>=0.5"],
     },
     entry_points={
         "console_scripts": [

@@ -80,7 +80,7 @@ class Check:
             text = f"a tuple of values from {list(self.choices)}"
         elif self.kind == "ints":
             item = dataclasses.replace(self, kind="int").describe()
-            text = "a tuple of " + item.replace("an integer", "distinct integers", 1)
+            text = "a tuple of " + item.replace("an integer", "integers", 1)
         else:
             text = "an integer" if self.kind == "int" else "a number"
             lo, hi = (_fmt(b) for b in (self.lo, self.hi))

@@ -84,6 +84,7 @@ def parity():
 # many short files fill in around the long ones.
 _SLOW_FILES_FIRST = (  # by measured CPU time, largest first
     "test_train_cli.py",
+    "test_brc_learns.py",
     "test_parallel.py",
     "test_learner.py",
     "test_network.py",

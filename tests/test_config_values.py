@@ -11,11 +11,14 @@ import pytest
 from bbf_jax import config as C
 from bbf_jax import gin_utils
 from bbf_jax.agents.bbf import config as BBF
+from bbf_jax.agents.brc import config as BRC
 from bbf_jax.agents.btr import config as BTR
 
 CONFIGS = {c.__name__: c for c in (BBF.NetworkConfig, BBF.AgentConfig, BBF.ResetConfig,
                                    C.ReplayConfig, C.EnvConfig, C.RunConfig, C.Experiment,
-                                   BTR.BTRNetworkConfig, BTR.BTRAgentConfig)}
+                                   BTR.BTRNetworkConfig, BTR.BTRAgentConfig,
+                                   BRC.LunarTasksConfig, BRC.BRCNetworkConfig,
+                                   BRC.BRCAgentConfig)}
 NAN, INF = math.nan, math.inf
 
 # field: (values it accepts, values it rejects, what the error says is allowed)
@@ -111,12 +114,13 @@ TABLE = {
         "on_nonfinite": (["stop", "skip"], ["ignore", "Stop", None], "one of ['stop', 'skip']"),
         "seeds": ([(), (0,), (3, 0, 2**32 - 1)],
                   [[0, 1], (-1,), (2**32,), (1.0,), ("0",), (True,), 0, None],
-                  "a tuple of distinct integers in [0, 2**32)"),
+                  "a tuple of integers in [0, 2**32)"),
         "seed_batching": (["vmap", "map"], ["pmap", "Map", "", None],
                           "one of ['vmap', 'map']"),
     },
     "Experiment": {
-        "agent": (["bbf", "btr"], ["BBF", "rainbow", "", None], "one of ['bbf', 'btr']"),
+        "agent": (["bbf", "btr", "brc"], ["BBF", "rainbow", "", None],
+                  "one of ['bbf', 'btr', 'brc']"),
     },
     "BTRNetworkConfig": {
         "width_scale": POS,
@@ -158,6 +162,59 @@ TABLE = {
         "epsilon_eval": PROB,
     },
 }
+
+TABLE.update({
+    "LunarTasksConfig": {
+        "tasks": ([("standard",), ("windy", "heavy"), ("heavy", "standard", "windy")],
+                  [("moon",), "standard", ["standard"], (1,), None],
+                  "a tuple of values from ['standard', 'windy', 'heavy']"),
+        "standard_max_steps": INT1,
+        "windy_max_steps": INT1,
+        "heavy_max_steps": INT1,
+        "wind_power": NONNEG,
+        "turbulence_power": NONNEG,
+        "heavy_gravity": ([-11.99, -11.5, -0.5], [-12, -12.5, 0, 1.0, "x", NAN, True, None],
+                          "a number in (-12, 0)"),
+    },
+    "BRCNetworkConfig": {
+        "kind": (["bronet", "shared_mlp", "independent_mlp"], ["BroNet", "mlp", None],
+                 "one of ['bronet', 'shared_mlp', 'independent_mlp']"),
+        "width": INT1,
+        "num_blocks": INT0,
+        "block": (["design", "paper"], ["bro", None], "one of ['design', 'paper']"),
+        "embed_dim": INT1,
+        "unit_norm_embedding": BOOL,
+        "mlp_hidden": ([(256, 128), (64,), (32, 32)], [(0,), (64, -1), (1.5,), [64], 64, None],
+                       "a tuple of integers >= 1"),
+    },
+    "BRCAgentConfig": {
+        "value_head": (["categorical", "scalar"], ["c51", None],
+                       "one of ['categorical', 'scalar']"),
+        "num_atoms": ([2, 51, 101], [1, 0, 51.0, True, None], "an integer >= 2"),
+        "v_min": ([-100.0, 0, 299.5], ["low", NAN, -INF, True, None], "a number"),
+        "v_max": ([-99.0, 10, 300.0], ["high", NAN, INF, False, None], "a number"),
+        "reward_normalization": BOOL,
+        "gamma": PROB,
+        "learning_rate": POS,
+        "weight_decay": NONNEG,
+        "max_grad_norm": ([10.0, 0.5, None], [0, -1.0, "x", NAN, INF, True],
+                          "None or a number > 0"),
+        "batch_size": INT1,
+        "replay_capacity": INT1,
+        "task_sampling": (["uniform", "balanced"], ["Uniform", "per_task", None],
+                          "one of ['uniform', 'balanced']"),
+        "learning_starts": INT1,
+        "updates_per_step": INT1,
+        "epsilon_start": ([0.01, 0.5, 1], [-0.1, 1.5, "0.5", NAN, True, None],
+                          "a number in [0, 1]"),
+        "epsilon_final": PROB,
+        "epsilon_decay": PROB,
+        "target_update_episodes": INT1,
+        "episodes_per_task": INT1,
+        "eval_every_episodes": INT1,
+        "eval_episodes_per_task": INT1,
+    },
+})
 
 CASES = [(c, f) for c, fields in TABLE.items() for f in fields]
 

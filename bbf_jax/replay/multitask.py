@@ -100,6 +100,8 @@ class MultiTaskReplay:
 
     def sample(self, batch_size: int, mixing: str) -> Batch:
         """A minibatch of ``batch_size`` transitions (see :meth:`sample_indices`)."""
-        i = self.sample_indices(batch_size, mixing)
-        return Batch(self.states[i], self.actions[i], self.rewards[i], self.next_states[i],
-                     self.terminals[i], self.task_ids[i])
+        return self.gather(self.sample_indices(batch_size, mixing))
+
+    def gather(self, indices: np.ndarray) -> Batch:
+        """The transitions at ``indices`` (any shape ``I``): fields ``(*I, ...)``."""
+        return Batch(*(getattr(self, field)[indices] for field in Batch._fields))

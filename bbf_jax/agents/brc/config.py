@@ -216,10 +216,9 @@ def make_experiment_config() -> ExperimentConfig:
     """
     cfg = ExperimentConfig(network=BRCNetworkConfig(), agent=BRCAgentConfig(),
                            tasks=LunarTasksConfig(), run=RunConfig())
-    default = RunConfig()
     for field in dataclasses.fields(RunConfig):
         value = getattr(cfg.run, field.name)
-        if field.name not in _RUN_FIELDS and value != getattr(default, field.name):
+        if field.name not in _RUN_FIELDS and value != field.default:
             raise ValueError(
                 f"RunConfig.{field.name} = {value!r} does not apply to agent 'brc' "
                 "(budgets count episodes: BRCAgentConfig.episodes_per_task, "

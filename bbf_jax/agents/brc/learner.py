@@ -129,7 +129,7 @@ class Learner:
             state.params, state.target_params, batch, reward_scale)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "q_mean": q_mean}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "q_mean": q_mean}
         return state._replace(params=params, opt_state=opt_state), metrics
 
     def train_steps(self, state: TrainState, batches: Batch, reward_scale):

@@ -64,7 +64,8 @@ class BroNet(nn.Module):
                 r = nn.LayerNorm()(dense(c.width)(h))
                 r = nn.LayerNorm()(dense(c.width)(nn.relu(r)))
             else:
-                r = dense(c.width)(nn.relu(dense(c.width)(nn.LayerNorm()(h))))
+                r = dense(c.width)(nn.LayerNorm()(h))
+                r = dense(c.width)(nn.relu(r))
             h = h + r
         if not paper:
             h = nn.LayerNorm()(h)

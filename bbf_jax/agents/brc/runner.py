@@ -209,10 +209,10 @@ class MultiTaskRunner:
                     break
                 actions = np.asarray(self._act(
                     self.state.params,
-                    jnp.asarray(np.stack([m.state for m in self.members])[:, None]),
-                    jnp.asarray([[m.task_id] for m in self.members], jnp.int32),
-                    jnp.asarray([m.epsilon for m in self.members], jnp.float32),
-                    self.act_keys, step))[:, 0]
+                    np.stack([m.state for m in self.members])[:, None],
+                    np.asarray([[m.task_id] for m in self.members], np.int32),
+                    np.asarray([m.epsilon for m in self.members], np.float32),
+                    self.act_keys, np.int32(step)))[:, 0]
                 ended = []
                 for i, m in enumerate(self.members):
                     ended.append(m.step(int(actions[i])) if active[i] else (False, False))
@@ -231,7 +231,7 @@ class MultiTaskRunner:
                         bar.update(1)
                         sync[i] = m.episodes % a.target_update_episodes == 0
                 if any(sync):
-                    self.state = self._sync(self.state, jnp.asarray(sync))
+                    self.state = self._sync(self.state, np.asarray(sync))
                 for i, m in enumerate(self.members):
                     done = ended[i][0]
                     if done and (m.episodes % a.eval_every_episodes == 0
@@ -247,15 +247,15 @@ class MultiTaskRunner:
 
     def _train_all(self, active: list[bool]) -> dict:
         a = self.cfg.agent
-        # (seeds, updates_per_step, batch_size, ...) per field
-        samples = [[m.replay.sample(a.batch_size, a.task_sampling)
-                    for _ in range(a.updates_per_step)] for m in self.members]
-        stacked = Batch(*(np.stack([np.stack([b[f] for b in per_seed]) for per_seed in samples])
-                          for f in range(len(Batch._fields))))
+        # Fields (seeds, updates_per_step, batch_size, ...).
+        per_seed = [m.replay.gather(np.stack([m.replay.sample_indices(a.batch_size,
+                                                                      a.task_sampling)
+                                              for _ in range(a.updates_per_step)]))
+                    for m in self.members]
+        stacked = Batch(*(np.stack(field) for field in zip(*per_seed, strict=True)))
         scales = np.stack([m.normalizer.scales() if a.reward_normalization
                            else np.ones(len(TASK_NAMES), np.float32) for m in self.members])
-        self.state, metrics = self._train(self.state, stacked, jnp.asarray(scales),
-                                          jnp.asarray(active))
+        self.state, metrics = self._train(self.state, stacked, scales, np.asarray(active))
         return metrics
 
     def _log(self, metrics: dict, active: list[bool]) -> None:
@@ -277,8 +277,7 @@ class MultiTaskRunner:
         returns = np.zeros(len(envs))
         running = np.ones(len(envs), bool)
         while running.any():
-            actions = np.asarray(self._greedy(self.state.params, index, jnp.asarray(states),
-                                              jnp.asarray(ids)))
+            actions = np.asarray(self._greedy(self.state.params, index, states, ids))
             for j in np.flatnonzero(running):
                 states[j], reward, terminated, truncated, _ = envs[j].step(int(actions[j]))
                 returns[j] += reward
