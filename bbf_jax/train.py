@@ -189,6 +189,8 @@ def _train_multitask(args, bindings, cfg, base_dir) -> int:
         runner = MultiTaskRunner(cfg, base_dir, progress=not args.no_progress)
     except (ValueError, ImportError) as e:
         return _fail(str(e))
+    except OSError as e:
+        return _fail(f"cannot write to --base_dir {base_dir}: {e.strerror}")
     for run_dir, run_bindings, operative, run_cfg in runs:
         (run_dir / "config.gin").write_text(operative)
         (run_dir / "config.json").write_text(json.dumps(

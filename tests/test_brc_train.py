@@ -97,6 +97,7 @@ def test_tasks_take_turns_and_epsilon_decays_per_episode(group):
     log = _rows(group / "seed_0" / "train_log.csv")
     # learning starts at 100 stored transitions; logged every 20 env steps.
     assert log and all(int(r["env_step"]) >= 100 and int(r["env_step"]) % 20 == 0 for r in log)
+    assert "reward_scale/standard" not in log[0]  # no reward normalisation in the design
     assert all(np.isfinite(float(r["loss"])) for r in log)
 
 
@@ -123,6 +124,8 @@ def test_refusals(single, capsys):
     assert "already holds a run" in capsys.readouterr().err
     assert _train(single / "new", "--seed", "1", "--resume_from", "latest_valid") == 2
     assert "--resume_from" in capsys.readouterr().err
+    assert _train(single / "eval.json", "--seed", "1") == 2
+    assert "exists and is not a directory" in capsys.readouterr().err
 
 
 def test_tasks_are_the_configured_envs():
@@ -149,3 +152,26 @@ def test_envs_are_reproducible_from_a_seed():
 
     np.testing.assert_array_equal(rollout(5), rollout(5))
     assert not np.array_equal(rollout(5), rollout(6))
+
+
+def test_official_setting_runs_with_normalised_rewards(tmp_path):
+    official = ["BRCAgentConfig.reward_normalization = True", "BRCAgentConfig.v_min = -10.0",
+                "BRCAgentConfig.v_max = 10.0", "BRCAgentConfig.num_atoms = 101",
+                "BRCAgentConfig.max_grad_norm = None",
+                "BRCNetworkConfig.unit_norm_embedding = True"]
+    assert _train(tmp_path, "--seed", "3", "--gin_bindings", *official) == 0
+    log = _rows(tmp_path / "train_log.csv")
+    assert log and all(np.isfinite(float(r["loss"])) for r in log)
+    episodes = _rows(tmp_path / "episodes.csv")
+    for task in ("standard", "windy", "heavy"):
+        scales = [float(r[f"reward_scale/{task}"]) for r in log]
+        # 0 until the task's first episode has ended (an episode's end is processed after
+        # that env step's gradient step and log row); then 10 / max |V|, and max |V|
+        # only grows.
+        first_end = min(int(e["env_step"]) for e in episodes if e["task"] == task)
+        for r, scale in zip(log, scales, strict=True):
+            assert (scale > 0) == (int(r["env_step"]) > first_end), (task, r)
+        seen = [x for x in scales if x > 0]
+        assert seen and all(a >= b for a, b in zip(seen, seen[1:], strict=False))
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["agent"]["reward_normalization"] and config["agent"]["num_atoms"] == 101

@@ -18,9 +18,9 @@ changes float rounding only.
 
 Each run directory gets ``episodes.csv`` (every training episode: task, return,
 length, epsilon), ``train_log.csv`` (loss, gradient norm, mean Q every ``log_every``
-env steps), ``evals.csv`` (every evaluation: per-task means and their average),
-``eval.json`` (the final evaluation with per-task returns and the learning curve) and
-``curves.png``.
+env steps; with reward normalisation also each task's reward scale), ``evals.csv``
+(every evaluation: per-task means and their average), ``eval.json`` (the final
+evaluation with per-task returns and the learning curve) and ``curves.png``.
 """
 
 from __future__ import annotations
@@ -49,6 +49,14 @@ EPISODE_FIELDS = ["episode", "env_step", "task", "episode_return", "episode_leng
                   "epsilon"]
 EVAL_FIELDS = ["episode", "env_step", *TASK_NAMES, "average"]
 RUN_FILES = ("episodes.csv", "train_log.csv", "evals.csv", "eval.json")
+
+
+def scale_columns(cfg: ExperimentConfig) -> list[str]:
+    """train_log.csv's reward-scale columns, ``reward_scale/<task>`` per task (with
+    reward normalisation only)."""
+    if not cfg.agent.reward_normalization:
+        return []
+    return [f"reward_scale/{t}" for t in cfg.tasks.tasks]
 
 
 def run_dirs(cfg: ExperimentConfig, base_dir) -> list[pathlib.Path]:
@@ -86,7 +94,8 @@ class _Seed:
         self.evaluations: list[dict] = []
         self.logs = {
             "episodes": CsvLog(run_dir / "episodes.csv", EPISODE_FIELDS),
-            "train": CsvLog(run_dir / "train_log.csv", ["env_step", "episode", *METRIC_NAMES]),
+            "train": CsvLog(run_dir / "train_log.csv", ["env_step", "episode", *METRIC_NAMES,
+                                                        *scale_columns(cfg)]),
             "evals": CsvLog(run_dir / "evals.csv", EVAL_FIELDS),
         }
         self._start_episode()
@@ -262,8 +271,11 @@ class MultiTaskRunner:
         values = jax.device_get(metrics)
         for i, m in enumerate(self.members):
             if active[i]:
+                scales = dict(zip(scale_columns(self.cfg),
+                                  m.normalizer.scales()[list(m.task_ids)], strict=False))
                 m.logs["train"].write({"env_step": m.env_steps, "episode": m.episodes,
-                                       **{k: float(values[k][i]) for k in METRIC_NAMES}})
+                                       **{k: float(values[k][i]) for k in METRIC_NAMES},
+                                       **{k: float(v) for k, v in scales.items()}})
 
     def _evaluate(self, index: int) -> None:
         """Greedy episodes of every task for seed ``index``, all stepped together."""
