@@ -207,6 +207,39 @@ class EnvConfig:
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
+class CarRacingConfig:
+    """CarRacing-v3 from pixels (continuous actions: steer in [-1, 1], gas and brake in
+    [0, 1]) and its preprocessing (:mod:`bbf_jax.envs.car_racing`).
+
+    Attributes:
+      grayscale: one luminance channel instead of RGB.
+      image_size: frames are resized to ``image_size x image_size`` (96: the native
+        frame, no resize).
+      frame_stack: frames per observation, stacked on the channel axis.
+      action_repeat: env steps per agent step, rewards summed (1, 2, 4 or 8).
+      reward_shaping: train on shaped rewards (evaluation always reports the raw env
+        returns): -0.05 per env step with no wheel on the road and no -100 for leaving
+        the playfield (the episode still ends there).
+      max_episode_steps: env steps (before action repeat) after which an episode is
+        cut; 1000 (gymnasium's).
+    """
+
+    grayscale: bool = flag(False)
+    image_size: int = checked(96, "int", lo=16, hi=96)
+    frame_stack: int = positive_int(3)
+    action_repeat: int = checked(1, "int", lo=1, hi=8)
+    reward_shaping: bool = flag(False)
+    max_episode_steps: int = positive_int(1000)
+
+    def __post_init__(self):
+        validate(self)
+        if self.action_repeat not in (1, 2, 4, 8):
+            raise ValueError(f"CarRacingConfig.action_repeat must be one of [1, 2, 4, 8], "
+                             f"got {self.action_repeat!r}")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     """The training run.
 

@@ -16,7 +16,7 @@ from bbf_jax.agents.btr import config as BTR
 
 CONFIGS = {c.__name__: c for c in (BBF.NetworkConfig, BBF.AgentConfig, BBF.ResetConfig,
                                    C.ReplayConfig, C.EnvConfig, C.RunConfig, C.Experiment,
-                                   BTR.BTRNetworkConfig, BTR.BTRAgentConfig,
+                                   C.CarRacingConfig, BTR.BTRNetworkConfig, BTR.BTRAgentConfig,
                                    BRC.LunarTasksConfig, BRC.BRCNetworkConfig,
                                    BRC.BRCAgentConfig)}
 NAN, INF = math.nan, math.inf
@@ -164,6 +164,15 @@ TABLE = {
 }
 
 TABLE.update({
+    "CarRacingConfig": {
+        "grayscale": BOOL,
+        "image_size": ([16, 84, 96], [15, 97, 84.0, "84", True, None],
+                       "an integer in [16, 96]"),
+        "frame_stack": INT1,
+        "action_repeat": ([1, 2, 4, 8], [0, 9, 2.0, True, None], "an integer in [1, 8]"),
+        "reward_shaping": BOOL,
+        "max_episode_steps": INT1,
+    },
     "LunarTasksConfig": {
         "tasks": ([("standard",), ("windy", "heavy"), ("heavy", "standard", "windy")],
                   [("moon",), "standard", ["standard"], (1,), None],
