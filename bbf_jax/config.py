@@ -299,6 +299,20 @@ class RunConfig:
             raise ValueError(f"RunConfig.seeds must be distinct, got {self.seeds!r}")
 
 
+def check_run_fields(run: RunConfig, agent: str, reads: tuple[str, ...], hint: str = "") -> None:
+    """Refuses a RunConfig field that ``agent`` does not read (``reads`` lists those it
+    does) set to anything but its default: the value would be ignored.
+
+    Raises:
+      ValueError: ``RunConfig.<field> = <value> does not apply to agent '<agent>' ...``.
+    """
+    for field in dataclasses.fields(RunConfig):
+        value = getattr(run, field.name)
+        if field.name not in reads and value != field.default:
+            raise ValueError(f"RunConfig.{field.name} = {value!r} does not apply to agent "
+                             f"'{agent}' ({hint}it reads RunConfig.{', '.join(reads)})")
+
+
 @dataclasses.dataclass(frozen=True)
 class Derived:
     """Values computed from the configs (spec §5.1); never written back.
@@ -322,7 +336,7 @@ class Derived:
     max_horizon: int
 
 
-AGENTS = ("bbf", "btr", "brc")
+AGENTS = ("bbf", "btr", "brc", "ppo")
 
 
 @gin.configurable
@@ -332,8 +346,9 @@ class Experiment:
 
     Attributes:
       agent: 'bbf' (default, so that every BBF gin file keeps working unchanged),
-        'btr' (:mod:`bbf_jax.agents.btr`) or 'brc' (:mod:`bbf_jax.agents.brc`: BRC and
-        its DQN baselines on LunarLander).
+        'btr' (:mod:`bbf_jax.agents.btr`), 'brc' (:mod:`bbf_jax.agents.brc`: BRC and
+        its DQN baselines on LunarLander) or 'ppo' (:mod:`bbf_jax.agents.ppo`: PPO on
+        CarRacing from pixels).
     """
 
     agent: str = choice("bbf", *AGENTS)

@@ -103,8 +103,8 @@ def main(argv=None) -> int:
         return _fail(f"--base_dir {base_dir} exists and is not a directory")
     try:
         cfg = gin_utils.parse(args.gin_files, bindings)
-        if agents.agent_name(cfg) == "brc":
-            return _train_multitask(args, bindings, cfg, base_dir)
+        if agents.agent_name(cfg) in OWN_RUNNERS:
+            return _train_own_runner(args, bindings, cfg, base_dir)
         agents.derive(cfg)
         canonical_game_name(cfg.env.game)
         for seed in cfg.run.seeds or (cfg.run.seed,):
@@ -173,20 +173,28 @@ def main(argv=None) -> int:
     return 0
 
 
-def _train_multitask(args, bindings, cfg, base_dir) -> int:
-    """``bbf-train`` for agent 'brc' (LunarLander, :mod:`bbf_jax.agents.brc.runner`):
-    every seed in this process, vmapped; no checkpoints, so no resuming."""
+# Agents that are no Atari replay agents bring their own runner module, with
+# make_runner(cfg, base_dir, progress), run_dirs(cfg, base_dir) and summary(result).
+OWN_RUNNERS = {"brc": "bbf_jax.agents.brc.runner", "ppo": "bbf_jax.agents.ppo.runner"}
+
+
+def _train_own_runner(args, bindings, cfg, base_dir) -> int:
+    """``bbf-train`` for an agent with its own runner (:data:`OWN_RUNNERS`): one process,
+    no checkpoints, so no resuming."""
+    import importlib
+
     import jax
 
     from bbf_jax import agents
-    from bbf_jax.agents.brc.runner import MultiTaskRunner, run_dirs
 
+    name = agents.agent_name(cfg)
+    module = importlib.import_module(OWN_RUNNERS[name])
     if args.resume_from is not None or args.coordinator_address:
-        return _fail("agent 'brc' runs in one process and writes no checkpoints: "
+        return _fail(f"agent '{name}' runs in one process and writes no checkpoints: "
                      "--resume_from and --coordinator_address do not apply")
     runs = _run_configs(args.gin_files, bindings, cfg, base_dir)
     try:
-        runner = MultiTaskRunner(cfg, base_dir, progress=not args.no_progress)
+        runner = module.make_runner(cfg, base_dir, progress=not args.no_progress)
     except (ValueError, ImportError) as e:
         return _fail(str(e))
     except OSError as e:
@@ -194,16 +202,14 @@ def _train_multitask(args, bindings, cfg, base_dir) -> int:
     for run_dir, run_bindings, operative, run_cfg in runs:
         (run_dir / "config.gin").write_text(operative)
         (run_dir / "config.json").write_text(json.dumps(
-            {"agent_name": agents.agent_name(run_cfg), "gin_files": args.gin_files,
+            {"agent_name": name, "gin_files": args.gin_files,
              "gin_bindings": run_bindings, "jax_backend": jax.default_backend(),
              **{k: dataclasses.asdict(v) for k, v in vars(run_cfg).items()}},
             indent=1, default=list))
     print(runner.describe(), flush=True)
     results = runner.run()
-    for run_dir, result in zip(run_dirs(cfg, base_dir), results, strict=True):
-        tasks = ", ".join(f"{t} {v:.1f}" for t, v in result["task_means"].items())
-        print(f"seed {result['seed']}: average return {result['average']:.1f} ({tasks}) "
-              f"after {result['episodes']} episodes, {result['env_steps']} env steps")
+    for run_dir, result in zip(module.run_dirs(cfg, base_dir), results, strict=True):
+        print(module.summary(result))
         print(f"results: {run_dir / 'eval.json'}, learning curves: {run_dir / 'curves.png'}")
     return 0
 

@@ -13,12 +13,14 @@ from bbf_jax import gin_utils
 from bbf_jax.agents.bbf import config as BBF
 from bbf_jax.agents.brc import config as BRC
 from bbf_jax.agents.btr import config as BTR
+from bbf_jax.agents.ppo import config as PPO
 
 CONFIGS = {c.__name__: c for c in (BBF.NetworkConfig, BBF.AgentConfig, BBF.ResetConfig,
                                    C.ReplayConfig, C.EnvConfig, C.RunConfig, C.Experiment,
                                    C.CarRacingConfig, BTR.BTRNetworkConfig, BTR.BTRAgentConfig,
                                    BRC.LunarTasksConfig, BRC.BRCNetworkConfig,
-                                   BRC.BRCAgentConfig)}
+                                   BRC.BRCAgentConfig, PPO.PPOAgentConfig,
+                                   PPO.PPONetworkConfig)}
 NAN, INF = math.nan, math.inf
 
 # field: (values it accepts, values it rejects, what the error says is allowed)
@@ -119,8 +121,8 @@ TABLE = {
                           "one of ['vmap', 'map']"),
     },
     "Experiment": {
-        "agent": (["bbf", "btr", "brc"], ["BBF", "rainbow", "", None],
-                  "one of ['bbf', 'btr', 'brc']"),
+        "agent": (["bbf", "btr", "brc", "ppo"], ["BBF", "rainbow", "", None],
+                  "one of ['bbf', 'btr', 'brc', 'ppo']"),
     },
     "BTRNetworkConfig": {
         "width_scale": POS,
@@ -172,6 +174,28 @@ TABLE.update({
         "action_repeat": ([1, 2, 4, 8], [0, 9, 2.0, True, None], "an integer in [1, 8]"),
         "reward_shaping": BOOL,
         "max_episode_steps": INT1,
+    },
+    "PPOAgentConfig": {
+        "policy": (["beta", "gaussian"], ["Beta", "normal", None], "one of ['beta', 'gaussian']"),
+        "num_envs": INT1,
+        "rollout_length": ([32, 512], [0, -1, 32.0, "32", True, None], "an integer >= 1"),
+        "minibatch_size": ([1, 256, 4096], [0, -1, 256.0, "256", True, None], "an integer >= 1"),
+        "num_epochs": INT1,
+        "learning_rate": POS,
+        "adam_eps": POS,
+        "clip_range": POS,
+        "entropy_coef": NONNEG,
+        "value_coef": NONNEG,
+        "max_grad_norm": POS,
+        "gamma": PROB,
+        "gae_lambda": PROB,
+        "normalize_advantage": BOOL,
+        "log_std_init": ([-1.0, 0, 0.5], ["x", NAN, INF, True, None], "a number"),
+    },
+    "PPONetworkConfig": {
+        "channels": ([(32, 64, 64), (4, 8, 8)], [(0, 8, 8), (4.0, 8, 8), [32, 64, 64], None],
+                     "a tuple of integers >= 1"),
+        "hidden_dim": INT1,
     },
     "LunarTasksConfig": {
         "tasks": ([("standard",), ("windy", "heavy"), ("heavy", "standard", "windy")],

@@ -29,6 +29,7 @@ import gin
 
 from bbf_jax.config import (
     RunConfig,
+    check_run_fields,
     checked,
     choice,
     count,
@@ -216,13 +217,8 @@ def make_experiment_config() -> ExperimentConfig:
     """
     cfg = ExperimentConfig(network=BRCNetworkConfig(), agent=BRCAgentConfig(),
                            tasks=LunarTasksConfig(), run=RunConfig())
-    for field in dataclasses.fields(RunConfig):
-        value = getattr(cfg.run, field.name)
-        if field.name not in _RUN_FIELDS and value != field.default:
-            raise ValueError(
-                f"RunConfig.{field.name} = {value!r} does not apply to agent 'brc' "
-                "(budgets count episodes: BRCAgentConfig.episodes_per_task, "
-                "eval_every_episodes); it reads RunConfig." + ", ".join(_RUN_FIELDS))
+    check_run_fields(cfg.run, "brc", _RUN_FIELDS, "budgets count episodes: "
+                     "BRCAgentConfig.episodes_per_task, eval_every_episodes; ")
     a = cfg.agent
     if a.learning_starts > a.replay_capacity:
         raise ValueError(f"BRCAgentConfig.learning_starts = {a.learning_starts} exceeds "

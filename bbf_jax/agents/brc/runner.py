@@ -328,6 +328,17 @@ class MultiTaskRunner:
         return result
 
 
+def make_runner(cfg: ExperimentConfig, base_dir, progress: bool = True) -> MultiTaskRunner:
+    return MultiTaskRunner(cfg, base_dir, progress)
+
+
+def summary(result: dict) -> str:
+    """The line ``bbf-train`` prints for a seed's result."""
+    tasks = ", ".join(f"{t} {v:.1f}" for t, v in result["task_means"].items())
+    return (f"seed {result['seed']}: average return {result['average']:.1f} ({tasks}) "
+            f"after {result['episodes']} episodes, {result['env_steps']} env steps")
+
+
 def summarize_eval(returns: dict[str, list[float]]) -> dict:
     """``{"task_means": {task: mean return}, "average": mean of the task means}``."""
     means = {t: float(np.mean(r)) for t, r in returns.items()}
