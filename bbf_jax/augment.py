@@ -85,6 +85,26 @@ def drq_augment(key: jax.Array, x: jnp.ndarray, pad: int = 4) -> jnp.ndarray:
     return out.reshape(x.shape)
 
 
+def random_shift(key: jax.Array, images, pad: int = 4):
+    """SAC+DrQ's augmentation (Kostrikov, Yarats, Fergus 2020, §3.1; their code's
+    ``ReplicationPad2d(4)`` + ``RandomCrop``): replicate-pad by ``pad`` pixels and crop
+    back at a per-image offset uniform in ``0 .. 2 pad`` (inclusive, unlike BBF's
+    ``drq_draws``), without the intensity factor.
+
+    Args:
+      key: PRNG key.
+      images: ``(B, H, W, C)``, any dtype (uint8 frames stay uint8).
+
+    Returns:
+      ``(B, H, W, C)``: image b is ``padded_b[dy:dy + H, dx:dx + W]``.
+    """
+    b, height, width, _ = images.shape
+    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
+    offsets = jax.random.randint(key, (b, 2), 0, 2 * pad + 1)
+    return jax.vmap(_crop, in_axes=(0, 0, 0, None, None))(
+        padded, offsets[:, 0], offsets[:, 1], height, width)
+
+
 def process_inputs(x, dtype=jnp.float32, augment: bool = False, key: jax.Array | None = None):
     """Network input from raw frames: ``x.astype(dtype) / 255``, then DrQ if ``augment`` (§3.2).
 

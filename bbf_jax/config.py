@@ -336,7 +336,7 @@ class Derived:
     max_horizon: int
 
 
-AGENTS = ("bbf", "btr", "brc", "ppo")
+AGENTS = ("bbf", "btr", "brc", "ppo", "sac")
 
 
 @gin.configurable
@@ -347,7 +347,8 @@ class Experiment:
     Attributes:
       agent: 'bbf' (default, so that every BBF gin file keeps working unchanged),
         'btr' (:mod:`bbf_jax.agents.btr`), 'brc' (:mod:`bbf_jax.agents.brc`: BRC and
-        its DQN baselines on LunarLander) or 'ppo' (:mod:`bbf_jax.agents.ppo`: PPO on
+        its DQN baselines on LunarLander), 'ppo' (:mod:`bbf_jax.agents.ppo`: PPO on
+        CarRacing from pixels) or 'sac' (:mod:`bbf_jax.agents.sac`: SAC + DrQ on
         CarRacing from pixels).
     """
 

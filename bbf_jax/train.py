@@ -175,7 +175,8 @@ def main(argv=None) -> int:
 
 # Agents that are no Atari replay agents bring their own runner module, with
 # make_runner(cfg, base_dir, progress), run_dirs(cfg, base_dir) and summary(result).
-OWN_RUNNERS = {"brc": "bbf_jax.agents.brc.runner", "ppo": "bbf_jax.agents.ppo.runner"}
+OWN_RUNNERS = {"brc": "bbf_jax.agents.brc.runner", "ppo": "bbf_jax.agents.ppo.runner",
+               "sac": "bbf_jax.agents.sac.runner"}
 
 
 def _train_own_runner(args, bindings, cfg, base_dir) -> int:

@@ -14,13 +14,15 @@ from bbf_jax.agents.bbf import config as BBF
 from bbf_jax.agents.brc import config as BRC
 from bbf_jax.agents.btr import config as BTR
 from bbf_jax.agents.ppo import config as PPO
+from bbf_jax.agents.sac import config as SAC
 
 CONFIGS = {c.__name__: c for c in (BBF.NetworkConfig, BBF.AgentConfig, BBF.ResetConfig,
                                    C.ReplayConfig, C.EnvConfig, C.RunConfig, C.Experiment,
                                    C.CarRacingConfig, BTR.BTRNetworkConfig, BTR.BTRAgentConfig,
                                    BRC.LunarTasksConfig, BRC.BRCNetworkConfig,
                                    BRC.BRCAgentConfig, PPO.PPOAgentConfig,
-                                   PPO.PPONetworkConfig)}
+                                   PPO.PPONetworkConfig, SAC.SACNetworkConfig,
+                                   SAC.SACAgentConfig)}
 NAN, INF = math.nan, math.inf
 
 # field: (values it accepts, values it rejects, what the error says is allowed)
@@ -121,8 +123,8 @@ TABLE = {
                           "one of ['vmap', 'map']"),
     },
     "Experiment": {
-        "agent": (["bbf", "btr", "brc", "ppo"], ["BBF", "rainbow", "", None],
-                  "one of ['bbf', 'btr', 'brc', 'ppo']"),
+        "agent": (["bbf", "btr", "brc", "ppo", "sac"], ["BBF", "rainbow", "", None],
+                  "one of ['bbf', 'btr', 'brc', 'ppo', 'sac']"),
     },
     "BTRNetworkConfig": {
         "width_scale": POS,
@@ -196,6 +198,27 @@ TABLE.update({
         "channels": ([(32, 64, 64), (4, 8, 8)], [(0, 8, 8), (4.0, 8, 8), [32, 64, 64], None],
                      "a tuple of integers >= 1"),
         "hidden_dim": INT1,
+    },
+    "SACNetworkConfig": {
+        "conv_filters": INT1,
+        "feature_dim": INT1,
+        "hidden_dim": INT1,
+        "log_std_min": ([-10.0, 0, 1.5], ["x", NAN, -INF, True, None], "a number"),
+        "log_std_max": ([-9.0, 2, 5.0], ["x", NAN, INF, True, None], "a number"),
+    },
+    "SACAgentConfig": {
+        "batch_size": INT1,
+        "learning_rate": POS,
+        "init_temperature": POS,
+        "gamma": PROB,
+        "critic_tau": PROB,
+        "actor_update_period": INT1,
+        "target_update_period": INT1,
+        "replay_capacity": INT1,
+        "seed_steps": INT0,
+        "updates_per_step": INT1,
+        "image_pad": INT0,
+        "num_augmentations": ([1, 2], [0, 3, 1.0, True, None], "an integer in [1, 2]"),
     },
     "LunarTasksConfig": {
         "tasks": ([("standard",), ("windy", "heavy"), ("heavy", "standard", "windy")],

@@ -13,15 +13,12 @@ Beta's mode or the Gaussian's mean) and reports the raw env returns, every
 
 Keys and seeds derive from the run seed (:mod:`bbf_jax.seeds`): network init, acting
 (``fold_in(act, vector step)``), the update's shuffling (``fold_in(train, update)``),
-the training envs and each evaluation's envs. The run directory gets ``episodes.csv``
-(raw training returns), ``train_log.csv``, ``evals.csv``, ``eval.json`` and
-``curves.png``; no checkpoints (a directory holding a run is refused).
+the training envs and each evaluation's envs. The run directory's files are
+:class:`~bbf_jax.pixel_runs.PixelRun`'s; no checkpoints.
 """
 
 from __future__ import annotations
 
-import json
-import pathlib
 import time
 
 import jax
@@ -38,18 +35,11 @@ from bbf_jax.agents.ppo.learner import (
     Rollout,
     make_learner,
 )
-from bbf_jax.envs.car_racing import CarRacing, make_vector_env
-from bbf_jax.envs.evaluation import env_seeds
+from bbf_jax.envs.car_racing import make_vector_env
 from bbf_jax.gae import gae
-from bbf_jax.metrics_io import CsvLog
+from bbf_jax.pixel_runs import PixelRun, run_dirs, summary  # noqa: F401 (bbf-train's)
 from bbf_jax.runner import crossed
 from bbf_jax.seeds import RunSeeds, learner_keys
-
-RUN_FILES = ("episodes.csv", "train_log.csv", "evals.csv", "eval.json")
-
-
-def run_dirs(cfg: ExperimentConfig, base_dir) -> list[pathlib.Path]:
-    return [pathlib.Path(base_dir)]
 
 
 def raw_rewards(info: dict, num_envs: int) -> np.ndarray:
@@ -68,11 +58,6 @@ def make_runner(cfg: ExperimentConfig, base_dir, progress: bool = True) -> PPORu
     return PPORunner(cfg, base_dir, progress)
 
 
-def summary(result: dict) -> str:
-    return (f"seed {result['seed']}: mean evaluation return {result['mean_return']:.1f} over "
-            f"{len(result['returns'])} episodes after {result['agent_steps']} agent steps")
-
-
 class PPORunner:
     """Trains PPO for ``cfg`` into ``base_dir`` (see the module docstring).
 
@@ -82,12 +67,7 @@ class PPORunner:
 
     def __init__(self, cfg: ExperimentConfig, base_dir, progress: bool = True):
         self.cfg = cfg
-        self.dir = pathlib.Path(base_dir)
-        found = [f for f in RUN_FILES if (self.dir / f).exists()]
-        if found:
-            raise ValueError(f"{self.dir} already holds a run ({', '.join(found)}); PPO runs "
-                             "do not resume: choose a new --base_dir")
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.files = PixelRun(base_dir, "ppo", METRIC_NAMES)
         self.progress = progress
         a = cfg.agent
         self.seeds = RunSeeds(cfg.run.seed)
@@ -100,13 +80,6 @@ class PPORunner:
         self._value = jax.jit(lambda p, o: self.learner.distribution(p, o)[1])
         self._act_eval = jax.jit(self.learner.act_eval)
         self._update = jax.jit(self.learner.update)
-        self.logs = {
-            "episodes": CsvLog(self.dir / "episodes.csv",
-                               ["agent_step", "episode_return", "episode_length"]),
-            "train": CsvLog(self.dir / "train_log.csv", ["agent_step", *METRIC_NAMES]),
-            "evals": CsvLog(self.dir / "evals.csv", ["agent_step", "mean_return"]),
-        }
-        self.evaluations: list[dict] = []
 
     def describe(self) -> str:
         a, e = self.cfg.agent, self.cfg.env
@@ -150,9 +123,7 @@ class PPORunner:
                     lengths += 1
                     step += a.num_envs
                     for i in np.flatnonzero(terminated | truncated):
-                        self.logs["episodes"].write({"agent_step": step,
-                                                     "episode_return": float(returns[i]),
-                                                     "episode_length": int(lengths[i])})
+                        self.files.episode(step, returns[i], lengths[i])
                         returns[i], lengths[i] = 0.0, 0
                     obs = next_obs
                     bar.update(a.num_envs)
@@ -162,9 +133,13 @@ class PPORunner:
         finally:
             bar.close()
             self.envs.close()
-        if not self.evaluations or self.evaluations[-1]["agent_step"] != step:
+        if not self.files.evaluations or self.files.evaluations[-1]["agent_step"] != step:
             self._evaluate(step)
-        return [self._write_result(step, time.time() - start)]
+        c = self.cfg
+        return [self.files.write_result(
+            policy=a.policy, seed=run.seed, param_count=param_count(self.state.params),
+            agent_steps=step, env_steps=step * c.env.action_repeat,
+            wall_time_s=time.time() - start)]
 
     def _train(self, update: int, buf: dict, last_obs, step: int) -> None:
         a = self.cfg.agent
@@ -179,64 +154,11 @@ class PPORunner:
                                            jax.random.fold_in(self.train_key, update))
         if crossed(step, a.num_envs * a.rollout_length, self.cfg.run.log_every):
             values = jax.device_get(metrics)
-            self.logs["train"].write({"agent_step": step,
-                                      **{k: float(values[k]) for k in METRIC_NAMES}})
+            self.files.train.write({"agent_step": step,
+                                    **{k: float(values[k]) for k in METRIC_NAMES}})
 
     def _evaluate(self, step: int) -> None:
         """``num_eval_episodes`` fresh envs, deterministic actions, raw returns."""
-        n = self.cfg.run.num_eval_episodes
-        envs = [CarRacing(self.cfg.env) for _ in range(n)]
-        seeds = env_seeds(self.seeds.evaluation(step).env_seed, n)
-        obs = np.stack([env.reset(seed=s)[0] for env, s in zip(envs, seeds, strict=True)])
-        returns = np.zeros(n)
-        running = np.ones(n, bool)
-        while running.any():
-            actions = np.asarray(self._act_eval(self.state.params, obs))
-            for j in np.flatnonzero(running):
-                obs[j], _, terminated, truncated, info = envs[j].step(actions[j])
-                returns[j] += info["raw_reward"]
-                running[j] = not (terminated or truncated)
-        for env in envs:
-            env.close()
-        record = {"agent_step": step, "returns": returns.tolist(),
-                  "mean_return": float(returns.mean())}
-        self.evaluations.append(record)
-        self.logs["evals"].write({"agent_step": step, "mean_return": record["mean_return"]})
-
-    def _write_result(self, step: int, wall_time: float) -> dict:
-        final = self.evaluations[-1]
-        result = {"agent_name": "ppo", "policy": self.cfg.agent.policy,
-                  "seed": self.cfg.run.seed, "param_count": param_count(self.state.params),
-                  "agent_steps": step, "env_steps": step * self.cfg.env.action_repeat,
-                  "wall_time_s": wall_time, "returns": final["returns"],
-                  "mean_return": final["mean_return"], "evaluations": self.evaluations}
-        (self.dir / "eval.json").write_text(json.dumps(result, indent=1))
-        plot_curves(self.dir)
-        return result
-
-
-def plot_curves(run_dir) -> pathlib.Path:
-    """``curves.png``: raw training episode returns and evaluation means against agent
-    steps."""
-    from matplotlib.figure import Figure
-
-    run_dir = pathlib.Path(run_dir)
-    result = json.loads((run_dir / "eval.json").read_text())
-    fig = Figure(figsize=(7, 4))
-    ax = fig.subplots()
-    episodes = np.atleast_1d(np.genfromtxt(run_dir / "episodes.csv", delimiter=",",
-                                           names=True))
-    if episodes.size:
-        ax.plot(episodes["agent_step"], episodes["episode_return"], ".", ms=3, alpha=0.5,
-                label="training episodes")
-    evals = result["evaluations"]
-    ax.plot([e["agent_step"] for e in evals], [e["mean_return"] for e in evals], "k-o",
-            label="evaluation mean")
-    ax.axhline(900.0, color="grey", ls="--", lw=1, label="solved (900)")
-    ax.set(xlabel="agent steps", ylabel="return (raw)",
-           title=f"PPO ({result['policy']}) on CarRacing-v3, seed {result['seed']}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = run_dir / "curves.png"
-    fig.savefig(path, dpi=100)
-    return path
+        self.files.evaluate(self.cfg.env, self.cfg.run.num_eval_episodes,
+                            self.seeds.evaluation(step).env_seed,
+                            lambda obs: self._act_eval(self.state.params, obs), step)
