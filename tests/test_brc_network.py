@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from bbf_jax.agents.brc.config import BRCNetworkConfig
-from bbf_jax.agents.brc.network import make_network, param_count
+from bbf_jax.agents.brc.network import make_network
+from bbf_jax.networks import param_count
 
 pytestmark = pytest.mark.usefixtures("parity")
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from bbf_jax.agents.brc.config import TASK_NAMES, BRCNetworkConfig
@@ -125,7 +124,3 @@ class IndependentMLPs(nn.Module):
 def make_network(cfg: BRCNetworkConfig, num_actions: int, num_outputs: int) -> nn.Module:
     kind = {"bronet": BroNet, "shared_mlp": SharedMLP, "independent_mlp": IndependentMLPs}
     return kind[cfg.kind](cfg, num_actions, num_outputs)
-
-
-def param_count(params) -> int:
-    return sum(int(x.size) for x in jax.tree.leaves(params))

@@ -37,11 +37,11 @@ import tqdm
 
 from bbf_jax.agents.brc.config import TASK_NAMES, ExperimentConfig
 from bbf_jax.agents.brc.learner import METRIC_NAMES, Learner, TrainState, make_learner
-from bbf_jax.agents.brc.network import param_count
 from bbf_jax.agents.brc.normalizer import RewardNormalizer
 from bbf_jax.envs.evaluation import env_seeds
 from bbf_jax.envs.lunar import NUM_ACTIONS, STATE_DIM, make_lunar_env
 from bbf_jax.metrics_io import CsvLog
+from bbf_jax.networks import param_count
 from bbf_jax.replay.multitask import Batch, MultiTaskReplay
 from bbf_jax.seeds import RunSeeds, learner_keys
 
