@@ -108,7 +108,7 @@ def test_train_step_is_clip_then_adamw():
     learner = make_learner(TINY, agent, 4)
     s = learner.init(jax.random.PRNGKey(0))
     batch = _batch()
-    new, metrics = learner.train_step(s, batch, jnp.ones(3))
+    new, metrics = jax.jit(learner.train_step)(s, batch, jnp.ones(3))
     grads = jax.grad(lambda p: learner.loss(p, s.target_params, batch, jnp.ones(3))[0])(s.params)
     tx = optax.chain(optax.clip_by_global_norm(0.01), optax.adamw(1e-3, weight_decay=0.1))
     upd, _ = tx.update(grads, tx.init(s.params), s.params)
@@ -135,7 +135,7 @@ def test_independent_dqn_steps_each_task_on_its_own():
     learner = make_learner(cfg, BRCAgentConfig(value_head="scalar"), 4)
     s = learner.init(jax.random.PRNGKey(0))
     batch = _batch()._replace(task_ids=jnp.asarray([0, 0, 0, 2, 2, 2], jnp.int32))
-    new, _ = learner.train_step(s, batch, jnp.ones(3))
+    new, _ = jax.jit(learner.train_step)(s, batch, jnp.ones(3))
     k_old = s.params["params"]["members"]["Dense_0"]["kernel"]
     k_new = new.params["params"]["members"]["Dense_0"]["kernel"]
     # Task 1 saw no sample: only weight decay moves it, kernel *= (1 - lr * wd).

@@ -92,17 +92,13 @@ def test_acting():
             np.testing.assert_array_equal(np.asarray(state.params["params"]["log_std"]), 0.0)
 
 
-def test_initial_policy_is_near_uniform_and_value_small():
+def test_initial_policy_is_near_uniform():
     # Orthogonal init with gain 0.01 on the policy head (SB3): logits near 0, so the Beta's
     # alpha and beta are near softplus(0) + 1 = 1.693.
-    learner = make_learner(PPONetworkConfig(), PPOAgentConfig())
-    state = learner.init(jax.random.PRNGKey(0), (84, 84, 4))
-    dist, _ = learner.distribution(state.params, _rollout_full())
+    learner = make_learner(TINY, PPOAgentConfig())
+    state = learner.init(jax.random.PRNGKey(0), OBS)
+    dist, _ = learner.distribution(state.params, _rollout(2).obs)
     np.testing.assert_allclose(np.asarray(dist.alpha), np.log(2) + 1, atol=0.05)
-
-
-def _rollout_full():
-    return jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 84, 84, 4)), jnp.uint8)
 
 
 def test_rollout_must_split_into_minibatches():

@@ -38,14 +38,18 @@ def encoder_gradients(learner, state, batch, key):
     """``(critic loss, actor loss)`` gradients w.r.t. the encoder in one update: the
     critic's at the state's parameters, the actor's at the parameters the critic step
     leaves (as :meth:`Learner.update` evaluates it)."""
-    params = state.params
-    critic_params = {k: params[k] for k in CRITIC_KEYS}
-    g_critic = jax.grad(lambda cp: learner.critic_loss(cp, params, state.target, batch,
-                                                       key)[0])(critic_params)["encoder"]
-    after = {**params, "encoder": jax.tree.map(lambda x: x + 0.01, params["encoder"])}
-    obs = random_shift(key, batch.obs, learner.agent.image_pad)
-    g_actor = jax.grad(lambda p: learner.actor_loss(p["actor"], p, obs, key)[0])(after)
-    return g_critic, g_actor["encoder"]
+    @jax.jit
+    def grads(state, batch, key):
+        params = state.params
+        critic_params = {k: params[k] for k in CRITIC_KEYS}
+        g_critic = jax.grad(lambda cp: learner.critic_loss(cp, params, state.target, batch,
+                                                           key)[0])(critic_params)
+        after = {**params, "encoder": jax.tree.map(lambda x: x + 0.01, params["encoder"])}
+        obs = random_shift(key, batch.obs, learner.agent.image_pad)
+        g_actor = jax.grad(lambda p: learner.actor_loss(p["actor"], p, obs, key)[0])(after)
+        return g_critic["encoder"], g_actor["encoder"]
+
+    return grads(state, batch, key)
 
 
 def assert_gradient_flow(learner, state, batch, key):
