@@ -238,6 +238,10 @@ class CarRacingConfig:
                              f"got {self.action_repeat!r}")
 
 
+# The RunConfig fields the CarRacing agents (PPO, SAC + DrQ) read.
+PIXEL_RUN_FIELDS = ("seed", "num_train_steps", "eval_every", "num_eval_episodes", "log_every")
+
+
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class RunConfig:

@@ -22,6 +22,7 @@ import dataclasses
 import gin
 
 from bbf_jax.config import (
+    PIXEL_RUN_FIELDS,
     CarRacingConfig,
     RunConfig,
     check_run_fields,
@@ -115,7 +116,6 @@ class ExperimentConfig:
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
 
 
-_RUN_FIELDS = ("seed", "num_train_steps", "eval_every", "num_eval_episodes", "log_every")
 SHARED_CONFIGS = ("Experiment", "RunConfig", "CarRacingConfig")
 
 
@@ -128,7 +128,7 @@ def make_experiment_config() -> ExperimentConfig:
     """
     cfg = ExperimentConfig(network=PPONetworkConfig(), agent=PPOAgentConfig(),
                            env=CarRacingConfig(), run=RunConfig())
-    check_run_fields(cfg.run, "ppo", _RUN_FIELDS, "it writes no checkpoints; ")
+    check_run_fields(cfg.run, "ppo", PIXEL_RUN_FIELDS, "it writes no checkpoints; ")
     per_update = cfg.agent.num_envs * cfg.agent.rollout_length
     if cfg.run.num_train_steps < per_update:
         raise ValueError(f"RunConfig.num_train_steps = {cfg.run.num_train_steps} is shorter "

@@ -17,6 +17,7 @@ import dataclasses
 import gin
 
 from bbf_jax.config import (
+    PIXEL_RUN_FIELDS,
     CarRacingConfig,
     RunConfig,
     check_run_fields,
@@ -101,7 +102,6 @@ class ExperimentConfig:
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
 
 
-_RUN_FIELDS = ("seed", "num_train_steps", "eval_every", "num_eval_episodes", "log_every")
 SHARED_CONFIGS = ("Experiment", "RunConfig", "CarRacingConfig")
 
 
@@ -114,5 +114,5 @@ def make_experiment_config() -> ExperimentConfig:
     """
     cfg = ExperimentConfig(network=SACNetworkConfig(), agent=SACAgentConfig(),
                            env=CarRacingConfig(), run=RunConfig())
-    check_run_fields(cfg.run, "sac", _RUN_FIELDS, "it writes no checkpoints; ")
+    check_run_fields(cfg.run, "sac", PIXEL_RUN_FIELDS, "it writes no checkpoints; ")
     return cfg
