@@ -193,6 +193,8 @@ TABLE.update({
         "gae_lambda": PROB,
         "normalize_advantage": BOOL,
         "log_std_init": ([-1.0, 0, 0.5], ["x", NAN, INF, True, None], "a number"),
+        "update_loop": (["auto", "scan", "dispatch"], ["loop", None],
+                        "one of ['auto', 'scan', 'dispatch']"),
     },
     "PPONetworkConfig": {
         "channels": ([(32, 64, 64), (4, 8, 8)], [(0, 8, 8), (4.0, 8, 8), [32, 64, 64], None],

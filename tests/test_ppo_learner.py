@@ -3,6 +3,8 @@ a loop over epochs and minibatches, acting in the box, and the config checks."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +18,7 @@ from bbf_jax.agents.ppo.learner import (
     clipped_objective,
     make_learner,
 )
+from bbf_jax.agents.ppo.runner import make_update, update_loop
 
 pytestmark = pytest.mark.usefixtures("parity")
 
@@ -66,6 +69,21 @@ def test_update_equals_a_loop_over_epochs_and_minibatches(policy):
     for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(s.params), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     assert float(metrics["loss"]) == pytest.approx(np.mean(losses), rel=1e-5)
+    # update_loop 'dispatch' (one dispatch per minibatch): the same steps as the scan.
+    for loop in ("dispatch", "scan"):
+        update = make_update(make_learner(TINY, dataclasses.replace(agent, update_loop=loop)))
+        other, m = update(state, rollout, key)
+        for a, b in zip(jax.tree.leaves(other.params), jax.tree.leaves(new.params),
+                        strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+        assert float(m["loss"]) == pytest.approx(float(metrics["loss"]), rel=1e-5)
+
+
+def test_auto_update_loop_follows_the_backend():
+    assert update_loop(PPOAgentConfig(update_loop="scan")) == "scan"
+    assert update_loop(PPOAgentConfig(update_loop="dispatch")) == "dispatch"
+    want = "dispatch" if jax.default_backend() == "cpu" else "scan"
+    assert update_loop(PPOAgentConfig()) == want
 
 
 def test_acting():

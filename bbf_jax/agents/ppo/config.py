@@ -58,6 +58,11 @@ class PPOAgentConfig:
       gae_lambda: 0.95.
       normalize_advantage: per-minibatch ``(A - mean) / (std + 1e-8)``; on.
       log_std_init: the Gaussian policy's initial log-std; 0 (SB3).
+      update_loop: how an update runs its epochs x minibatches: 'scan' (one jitted
+        dispatch, ``lax.scan`` over epochs and minibatches), 'dispatch' (one jitted
+        dispatch per minibatch, the same results) or 'auto' (default: 'dispatch' on the
+        CPU backend, where XLA runs the scanned convolutional step ~11x slower:
+        5.6 s against 0.49 s per minibatch of 256, measured; 'scan' elsewhere).
     """
 
     policy: str = choice("beta", "beta", "gaussian")
@@ -75,6 +80,7 @@ class PPOAgentConfig:
     gae_lambda: float = probability(0.95)
     normalize_advantage: bool = checked(True, "bool")
     log_std_init: float = checked(0.0, "number")
+    update_loop: str = choice("auto", "auto", "scan", "dispatch")
 
     def __post_init__(self):
         validate(self)

@@ -153,6 +153,25 @@ class Learner:
         state, metrics = jax.lax.scan(epoch, state, jax.random.split(key, a.num_epochs))
         return state, jax.tree.map(jnp.mean, metrics)
 
+    def minibatch_orders(self, key, size: int) -> jax.Array:
+        """The shuffled minibatch rows of every epoch, int32 ``(epochs, minibatches, M)``:
+        the permutations :meth:`update` draws."""
+        a = self.agent
+        perms = [jax.random.permutation(k, size) for k in jax.random.split(key, a.num_epochs)]
+        return jnp.stack(perms).reshape(a.num_epochs, -1, a.minibatch_size)
+
+    def update_stepwise(self, state: TrainState, rollout: Rollout, key, step, take):
+        """:meth:`update`'s minibatch steps, one dispatch each (``step``: the jitted
+        :meth:`minibatch_step`; ``take(rollout, rows)``: a jitted row gather). Same
+        results as :meth:`update`; on XLA:CPU a ``lax.scan`` over convolutional steps
+        runs ~11x slower than this loop."""
+        metrics = []
+        for rows in self.minibatch_orders(key, rollout.actions.shape[0]).reshape(
+                -1, self.agent.minibatch_size):
+            state, m = step(state, take(rollout, rows))
+            metrics.append(m)
+        return state, jax.tree.map(lambda *x: jnp.mean(jnp.stack(x)), *metrics)
+
 
 def make_learner(net: PPONetworkConfig, agent: PPOAgentConfig) -> Learner:
     optimizer = optax.chain(optax.clip_by_global_norm(agent.max_grad_norm),

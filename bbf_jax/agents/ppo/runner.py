@@ -54,6 +54,23 @@ def raw_rewards(info: dict, num_envs: int) -> np.ndarray:
     return out
 
 
+def update_loop(agent) -> str:
+    """``PPOAgentConfig.update_loop`` resolved: 'auto' is 'dispatch' on the CPU backend,
+    'scan' on accelerators."""
+    if agent.update_loop != "auto":
+        return agent.update_loop
+    return "dispatch" if jax.default_backend() == "cpu" else "scan"
+
+
+def make_update(learner):
+    """``(state, rollout, key) -> (state, metrics)`` as :func:`update_loop` says."""
+    if update_loop(learner.agent) == "scan":
+        return jax.jit(learner.update)
+    step = jax.jit(learner.minibatch_step)
+    take = jax.jit(lambda rollout, rows: jax.tree.map(lambda x: x[rows], rollout))
+    return lambda state, rollout, key: learner.update_stepwise(state, rollout, key, step, take)
+
+
 def make_runner(cfg: ExperimentConfig, base_dir, progress: bool = True) -> PPORunner:
     return PPORunner(cfg, base_dir, progress)
 
@@ -79,7 +96,7 @@ class PPORunner:
         self._act = jax.jit(self.learner.act)
         self._value = jax.jit(lambda p, o: self.learner.distribution(p, o)[1])
         self._act_eval = jax.jit(self.learner.act_eval)
-        self._update = jax.jit(self.learner.update)
+        self._update = make_update(self.learner)
 
     def describe(self) -> str:
         a, e = self.cfg.agent, self.cfg.env
