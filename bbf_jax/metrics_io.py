@@ -6,6 +6,28 @@ import csv
 import pathlib
 import sys
 
+# The files whose presence means a directory already holds a run of an agent with its
+# own runner (LunarLander, CarRacing), which writes no checkpoints.
+RUN_FILES = ("episodes.csv", "train_log.csv", "evals.csv", "eval.json")
+
+
+def fresh_run_dirs(run_dirs, agent: str) -> list[pathlib.Path]:
+    """Creates the directories of runs that cannot resume, once none holds a run.
+
+    Raises:
+      ValueError: a directory already holds a run (any of ``RUN_FILES``); nothing is
+        created then.
+    """
+    run_dirs = [pathlib.Path(d) for d in run_dirs]
+    for d in run_dirs:
+        found = [f for f in RUN_FILES if (d / f).exists()]
+        if found:
+            raise ValueError(f"{d} already holds a run ({', '.join(found)}); {agent} runs "
+                             "do not resume: choose a new --base_dir")
+    for d in run_dirs:
+        d.mkdir(parents=True, exist_ok=True)
+    return run_dirs
+
 
 class CsvLog:
     """Append-only CSV with a fixed header, safe to resume.

@@ -18,10 +18,9 @@ import numpy as np
 
 from bbf_jax.config import CarRacingConfig
 from bbf_jax.envs.car_racing import CarRacing
-from bbf_jax.envs.evaluation import env_seeds
-from bbf_jax.metrics_io import CsvLog
+from bbf_jax.envs.evaluation import env_seeds, play_episodes
+from bbf_jax.metrics_io import CsvLog, fresh_run_dirs
 
-RUN_FILES = ("episodes.csv", "train_log.csv", "evals.csv", "eval.json")
 SOLVED_RETURN = 900.0  # CarRacing's "solved"
 
 
@@ -33,13 +32,8 @@ class PixelRun:
     """
 
     def __init__(self, run_dir, agent: str, metric_names: tuple[str, ...]):
-        self.dir = pathlib.Path(run_dir)
+        (self.dir,) = fresh_run_dirs([run_dir], agent)
         self.agent = agent
-        found = [f for f in RUN_FILES if (self.dir / f).exists()]
-        if found:
-            raise ValueError(f"{self.dir} already holds a run ({', '.join(found)}); "
-                             f"{agent} runs do not resume: choose a new --base_dir")
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.episodes = CsvLog(self.dir / "episodes.csv",
                                ["agent_step", "episode_return", "episode_length"])
         self.train = CsvLog(self.dir / "train_log.csv", ["agent_step", *metric_names])
@@ -55,19 +49,9 @@ class PixelRun:
         """Plays ``num_episodes`` fresh envs (env i seeded with child i of ``seed``)
         together, ``act`` mapping a batch of observations to env actions; records and
         returns ``{"agent_step", "returns" (raw), "mean_return"}``."""
-        envs = [CarRacing(env_cfg) for _ in range(num_episodes)]
-        seeds = env_seeds(seed, num_episodes)
-        obs = np.stack([env.reset(seed=s)[0] for env, s in zip(envs, seeds, strict=True)])
-        returns = np.zeros(num_episodes)
-        running = np.ones(num_episodes, bool)
-        while running.any():
-            actions = np.asarray(act(obs))
-            for j in np.flatnonzero(running):
-                obs[j], _, terminated, truncated, info = envs[j].step(actions[j])
-                returns[j] += info["raw_reward"]
-                running[j] = not (terminated or truncated)
-        for env in envs:
-            env.close()
+        returns = play_episodes([CarRacing(env_cfg) for _ in range(num_episodes)],
+                                env_seeds(seed, num_episodes), act,
+                                lambda reward, info: info["raw_reward"])
         record = {"agent_step": agent_step, "returns": returns.tolist(),
                   "mean_return": float(returns.mean())}
         self.evaluations.append(record)
@@ -83,11 +67,6 @@ class PixelRun:
         (self.dir / "eval.json").write_text(json.dumps(result, indent=1))
         plot_curves(self.dir)
         return result
-
-
-def run_dirs(cfg, base_dir) -> list[pathlib.Path]:
-    """A CarRacing run is one seed in ``base_dir``."""
-    return [pathlib.Path(base_dir)]
 
 
 def summary(result: dict) -> str:

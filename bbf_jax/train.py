@@ -129,16 +129,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         return _fail(str(e))
     if primary:
-        for run_dir, run_bindings, operative, run_cfg in runs:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.gin").write_text(operative)
-            (run_dir / "config.json").write_text(
-                json.dumps({"agent_name": agents.agent_name(run_cfg),
-                            "gin_files": args.gin_files, "gin_bindings": run_bindings,
-                            "num_processes": jax.process_count(),
-                            **{k: dataclasses.asdict(v) for k, v in vars(run_cfg).items()}},
-                           indent=1, default=list)
-            )
+        _write_run_configs(runs, args.gin_files, num_processes=jax.process_count())
     try:
         kind = SeedGroup if cfg.run.seeds else Runner
         runner = kind(cfg, base_dir, config_files=args.gin_files, progress=not args.no_progress,
@@ -174,7 +165,8 @@ def main(argv=None) -> int:
 
 
 # Agents that are no Atari replay agents bring their own runner module, with
-# make_runner(cfg, base_dir, progress), run_dirs(cfg, base_dir) and summary(result).
+# make_runner(cfg, base_dir, progress) (its runner writes each seed's directory as
+# _run_configs names it) and summary(result).
 OWN_RUNNERS = {"brc": "bbf_jax.agents.brc.runner", "ppo": "bbf_jax.agents.ppo.runner",
                "sac": "bbf_jax.agents.sac.runner"}
 
@@ -200,19 +192,28 @@ def _train_own_runner(args, bindings, cfg, base_dir) -> int:
         return _fail(str(e))
     except OSError as e:
         return _fail(f"cannot write to --base_dir {base_dir}: {e.strerror}")
-    for run_dir, run_bindings, operative, run_cfg in runs:
-        (run_dir / "config.gin").write_text(operative)
-        (run_dir / "config.json").write_text(json.dumps(
-            {"agent_name": name, "gin_files": args.gin_files,
-             "gin_bindings": run_bindings, "jax_backend": jax.default_backend(),
-             **{k: dataclasses.asdict(v) for k, v in vars(run_cfg).items()}},
-            indent=1, default=list))
+    _write_run_configs(runs, args.gin_files, jax_backend=jax.default_backend())
     print(runner.describe(), flush=True)
     results = runner.run()
-    for run_dir, result in zip(module.run_dirs(cfg, base_dir), results, strict=True):
+    for (run_dir, *_), result in zip(runs, results, strict=True):
         print(module.summary(result))
         print(f"results: {run_dir / 'eval.json'}, learning curves: {run_dir / 'curves.png'}")
     return 0
+
+
+def _write_run_configs(runs, gin_files, **extra) -> None:
+    """``config.gin`` and ``config.json`` (agent, gin files and bindings, ``extra``, every
+    config dataclass) in each run directory of ``runs`` (:func:`_run_configs`)."""
+    from bbf_jax import agents
+
+    for run_dir, run_bindings, operative, run_cfg in runs:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.gin").write_text(operative)
+        (run_dir / "config.json").write_text(json.dumps(
+            {"agent_name": agents.agent_name(run_cfg), "gin_files": gin_files,
+             "gin_bindings": run_bindings, **extra,
+             **{k: dataclasses.asdict(v) for k, v in vars(run_cfg).items()}},
+            indent=1, default=list))
 
 
 def _run_configs(gin_files, bindings, cfg, base_dir) -> list:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import pathlib
 import shutil
@@ -28,3 +29,9 @@ def write_eval(root: pathlib.Path, name: str, game: str, seed: int, returns) -> 
         "game": game, "seed": seed, "agent_steps": 100_000, "eval_episodes": len(returns),
         "returns": returns, "mean_return": sum(returns) / len(returns)}))
     return d
+
+
+def csv_rows(path) -> list[dict]:
+    """The rows of a CSV file with a header, as dicts of strings."""
+    with open(path) as f:
+        return list(csv.DictReader(f))

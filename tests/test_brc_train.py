@@ -5,7 +5,6 @@ Needs Box2D (the ``box2d`` extra)."""
 
 from __future__ import annotations
 
-import csv
 import json
 import pathlib
 
@@ -13,6 +12,8 @@ import numpy as np
 import pytest
 
 pytest.importorskip("Box2D", reason="LunarLander needs the box2d extra")
+
+from helpers import csv_rows  # noqa: E402
 
 from bbf_jax.agents.brc.config import LunarTasksConfig  # noqa: E402
 from bbf_jax.agents.brc.runner import summarize_eval  # noqa: E402
@@ -26,11 +27,6 @@ LIMITS = {"standard": 60, "windy": 40, "heavy": 50}  # brc_smoke.gin
 
 def _train(base_dir, *args) -> int:
     return main(["--gin_files", SMOKE, "--base_dir", str(base_dir), "--no_progress", *args])
-
-
-def _rows(path) -> list[dict]:
-    with open(path) as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +69,7 @@ def test_per_task_evaluation_bookkeeping(group):
             {t: float(np.mean(r)) for t, r in e["returns"].items()})
         assert e["average"] == pytest.approx(np.mean(list(e["task_means"].values())))
     assert result["average"] == result["final"]["average"]
-    evals = _rows(group / "seed_0" / "evals.csv")
+    evals = csv_rows(group / "seed_0" / "evals.csv")
     assert [int(r["episode"]) for r in evals] == [3, 6]
     assert float(evals[-1]["average"]) == pytest.approx(result["average"], rel=1e-6)
 
@@ -85,7 +81,7 @@ def test_summarize_eval_by_hand():
 
 
 def test_tasks_take_turns_and_epsilon_decays_per_episode(group):
-    rows = _rows(group / "seed_0" / "episodes.csv")
+    rows = csv_rows(group / "seed_0" / "episodes.csv")
     assert [r["task"] for r in rows] == ["standard", "windy", "heavy"] * 2
     assert [float(r["epsilon"]) for r in rows] == pytest.approx(
         [0.995**k for k in range(6)], rel=1e-6)
@@ -94,7 +90,7 @@ def test_tasks_take_turns_and_epsilon_decays_per_episode(group):
         assert 1 <= int(r["episode_length"]) <= LIMITS[r["task"]]
         steps += int(r["episode_length"])
         assert int(r["env_step"]) == steps
-    log = _rows(group / "seed_0" / "train_log.csv")
+    log = csv_rows(group / "seed_0" / "train_log.csv")
     # learning starts at 100 stored transitions; logged every 20 env steps.
     assert log and all(int(r["env_step"]) >= 100 and int(r["env_step"]) % 20 == 0 for r in log)
     assert "reward_scale/standard" not in log[0]  # no reward normalisation in the design
@@ -102,8 +98,8 @@ def test_tasks_take_turns_and_epsilon_decays_per_episode(group):
 
 
 def test_a_vmapped_seed_derives_everything_as_its_single_run(group, single):
-    g = _rows(group / "seed_1" / "episodes.csv")
-    s = _rows(single / "episodes.csv")
+    g = csv_rows(group / "seed_1" / "episodes.csv")
+    s = csv_rows(single / "episodes.csv")
     # Before learning starts (100 transitions) both act with epsilon-greedy on the same
     # keys and envs: the first episode is identical. Later, batching changes rounding.
     assert g[0] == s[0]
@@ -113,7 +109,7 @@ def test_a_vmapped_seed_derives_everything_as_its_single_run(group, single):
 
 def test_same_seed_same_run(single, tmp_path):
     assert _train(tmp_path, "--seed", "1") == 0
-    assert _rows(tmp_path / "episodes.csv") == _rows(single / "episodes.csv")
+    assert csv_rows(tmp_path / "episodes.csv") == csv_rows(single / "episodes.csv")
     a = json.loads((tmp_path / "eval.json").read_text())
     b = json.loads((single / "eval.json").read_text())
     assert a["evaluations"] == b["evaluations"]
@@ -160,9 +156,9 @@ def test_official_setting_runs_with_normalised_rewards(tmp_path):
                 "BRCAgentConfig.max_grad_norm = None",
                 "BRCNetworkConfig.unit_norm_embedding = True"]
     assert _train(tmp_path, "--seed", "3", "--gin_bindings", *official) == 0
-    log = _rows(tmp_path / "train_log.csv")
+    log = csv_rows(tmp_path / "train_log.csv")
     assert log and all(np.isfinite(float(r["loss"])) for r in log)
-    episodes = _rows(tmp_path / "episodes.csv")
+    episodes = csv_rows(tmp_path / "episodes.csv")
     for task in ("standard", "windy", "heavy"):
         scales = [float(r[f"reward_scale/{task}"]) for r in log]
         # 0 until the task's first episode has ended (an episode's end is processed after

@@ -4,11 +4,11 @@ of the vector of envs."""
 
 from __future__ import annotations
 
-import csv
 import json
 import pathlib
 
 import pytest
+from helpers import csv_rows
 
 from bbf_jax.train import main
 
@@ -21,11 +21,6 @@ LAST_STEP = 244  # the first multiple of 4 envs beyond num_train_steps = 240
 def _train(base_dir, *bindings) -> int:
     return main(["--gin_files", SMOKE, "--base_dir", str(base_dir), "--seed", "0",
                  "--no_progress", "--gin_bindings", *bindings])
-
-
-def _rows(path) -> list[dict]:
-    with open(path) as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +45,14 @@ def test_btr_run_writes_the_run_directory(uninterrupted):
     assert result["eval_episodes"] == len(result["returns"]) == 2
     assert result["verdict"]["official"] is None  # official BBF runs are not BTR's
     assert not any("official BBF budget" in line for line in describe(result))
-    log = _rows(base / "train_log.csv")
+    log = csv_rows(base / "train_log.csv")
     assert [int(r["agent_step"]) for r in log] == [120, 160, 200, 240]
     assert {"QuantileLoss", "MunchausenBonus", "TDError"} <= set(log[0])
-    episodes = _rows(base / "episodes.csv")
+    episodes = csv_rows(base / "episodes.csv")
     # 40-step episodes on 4 envs: each env ends one at vector step 40 (agent step 160).
     assert [int(e["agent_step"]) for e in episodes] == [NUM_ENVS * 40] * NUM_ENVS
     assert all(int(e["episode_length"]) == 40 for e in episodes)
-    assert [int(r["agent_step"]) for r in _rows(base / "checkpoints.csv")] == [120, 240, 244]
+    assert [int(r["agent_step"]) for r in csv_rows(base / "checkpoints.csv")] == [120, 240, 244]
     config = json.loads((base / "config.json").read_text())
     assert config["agent_name"] == "btr" and config["agent"]["num_envs"] == NUM_ENVS
 
@@ -74,7 +69,7 @@ def test_btr_resume_is_exact(uninterrupted, tmp_path):
         assert resumed[key] == full[key], key
     strip = ("steps_per_second",)
     assert ([{k: v for k, v in r.items() if k not in strip}
-             for r in _rows(tmp_path / "train_log.csv")]
+             for r in csv_rows(tmp_path / "train_log.csv")]
             == [{k: v for k, v in r.items() if k not in strip}
-                for r in _rows(uninterrupted / "train_log.csv")])
-    assert _rows(tmp_path / "episodes.csv") == _rows(uninterrupted / "episodes.csv")
+                for r in csv_rows(uninterrupted / "train_log.csv")])
+    assert csv_rows(tmp_path / "episodes.csv") == csv_rows(uninterrupted / "episodes.csv")

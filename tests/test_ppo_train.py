@@ -4,7 +4,6 @@ seed same run; the raw-reward bookkeeping of reset envs; the gin files. Needs Bo
 
 from __future__ import annotations
 
-import csv
 import json
 import pathlib
 
@@ -12,6 +11,8 @@ import numpy as np
 import pytest
 
 pytest.importorskip("Box2D", reason="CarRacing needs the box2d extra")
+
+from helpers import csv_rows  # noqa: E402
 
 from bbf_jax import gin_utils  # noqa: E402
 from bbf_jax.agents.ppo.runner import raw_rewards  # noqa: E402
@@ -24,11 +25,6 @@ SMOKE = str(ROOT / "gin_configs" / "ppo_smoke.gin")
 def _train(base_dir, *args) -> int:
     return main(["--gin_files", SMOKE, "--base_dir", str(base_dir), "--no_progress",
                  "--seed", "0", *args])
-
-
-def _rows(path) -> list[dict]:
-    with open(path) as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +45,10 @@ def test_run_directory(run):
     assert [e["agent_step"] for e in result["evaluations"]] == [32, 64]
     assert len(result["returns"]) == 2
     assert result["mean_return"] == pytest.approx(np.mean(result["returns"]))
-    log = _rows(run / "train_log.csv")
+    log = csv_rows(run / "train_log.csv")
     assert [int(r["agent_step"]) for r in log] == [32, 64]
     assert all(np.isfinite(float(r["loss"])) for r in log)
-    episodes = _rows(run / "episodes.csv")
+    episodes = csv_rows(run / "episodes.csv")
     # 20-step episodes of 2 envs in 32 vector steps: both end one at vector step 20
     # (agent step 40); the next would end at vector step 40.
     assert [int(r["agent_step"]) for r in episodes] == [40, 40]
@@ -61,8 +57,8 @@ def test_run_directory(run):
 
 def test_same_seed_same_run(run, tmp_path):
     assert _train(tmp_path) == 0
-    assert _rows(tmp_path / "episodes.csv") == _rows(run / "episodes.csv")
-    assert _rows(tmp_path / "train_log.csv") == _rows(run / "train_log.csv")
+    assert csv_rows(tmp_path / "episodes.csv") == csv_rows(run / "episodes.csv")
+    assert csv_rows(tmp_path / "train_log.csv") == csv_rows(run / "train_log.csv")
 
 
 def test_gaussian_policy_runs(tmp_path):

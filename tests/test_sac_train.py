@@ -4,7 +4,6 @@ returns, same seed same run; the gin files. Needs Box2D (the ``box2d`` extra).""
 
 from __future__ import annotations
 
-import csv
 import json
 import pathlib
 
@@ -12,6 +11,8 @@ import numpy as np
 import pytest
 
 pytest.importorskip("Box2D", reason="CarRacing needs the box2d extra")
+
+from helpers import csv_rows  # noqa: E402
 
 from bbf_jax import gin_utils  # noqa: E402
 from bbf_jax.train import main  # noqa: E402
@@ -23,11 +24,6 @@ SMOKE = str(ROOT / "gin_configs" / "sac_smoke.gin")
 def _train(base_dir, *args) -> int:
     return main(["--gin_files", SMOKE, "--base_dir", str(base_dir), "--no_progress",
                  "--seed", "0", *args])
-
-
-def _rows(path) -> list[dict]:
-    with open(path) as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
@@ -46,18 +42,18 @@ def test_run_directory(run):
     assert result["grad_steps"] == 60 - 20  # one per step after the 20 seed steps
     assert [e["agent_step"] for e in result["evaluations"]] == [30, 60]
     assert len(result["returns"]) == 2
-    log = _rows(run / "train_log.csv")
+    log = csv_rows(run / "train_log.csv")
     assert [int(r["agent_step"]) for r in log] == [30, 40, 50, 60]
     # Every row carries the actor's metrics (of the last update that stepped it).
     assert all(np.isfinite(float(r[k])) for r in log for k in r)
-    episodes = _rows(run / "episodes.csv")
+    episodes = csv_rows(run / "episodes.csv")
     assert [int(r["agent_step"]) for r in episodes] == [25, 50]
 
 
 def test_same_seed_same_run(run, tmp_path):
     assert _train(tmp_path) == 0
-    assert _rows(tmp_path / "train_log.csv") == _rows(run / "train_log.csv")
-    assert _rows(tmp_path / "evals.csv") == _rows(run / "evals.csv")
+    assert csv_rows(tmp_path / "train_log.csv") == csv_rows(run / "train_log.csv")
+    assert csv_rows(tmp_path / "evals.csv") == csv_rows(run / "evals.csv")
 
 
 def test_gin_files():

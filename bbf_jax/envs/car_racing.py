@@ -20,19 +20,11 @@ import gymnasium as gym
 import numpy as np
 
 from bbf_jax.config import CarRacingConfig
+from bbf_jax.envs.box2d_extra import require_box2d
 from bbf_jax.envs.evaluation import env_seeds
 
 GRASS_PENALTY = 0.05
 OFF_PLAYFIELD_REWARD = -100.0
-
-
-def _require_box2d() -> None:
-    try:
-        import Box2D  # noqa: F401
-        import pygame  # noqa: F401  (gymnasium's box2d package imports it)
-    except ImportError as e:
-        raise ImportError(f"CarRacing needs Box2D ({e.name} is missing): "
-                          "pip install -e \".[box2d]\"") from None
 
 
 def on_grass(env: gym.Env) -> bool:
@@ -53,7 +45,7 @@ class CarRacing(gym.Wrapper):
     """One preprocessed CarRacing-v3 env (module docstring)."""
 
     def __init__(self, cfg: CarRacingConfig):
-        _require_box2d()
+        require_box2d("CarRacing")
         env = gym.make("CarRacing-v3", continuous=True,
                        max_episode_steps=cfg.max_episode_steps)
         super().__init__(env)
@@ -108,7 +100,7 @@ def make_vector_env(cfg: CarRacingConfig, num_envs: int, seed: int,
     Returns the vector env and each env's seed (children of ``seed``); pass them to
     the first ``reset(seed=...)``. ``asynchronous`` runs each env in its own process.
     """
-    _require_box2d()
+    require_box2d("CarRacing")
     kind = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
     envs = kind([lambda: CarRacing(cfg) for _ in range(num_envs)],
                 autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)

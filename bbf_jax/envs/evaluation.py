@@ -115,3 +115,39 @@ def evaluate(
         live = [i for i, r in zip(live, running, strict=True) if r]
     bar.close()
     return EvalResult(returns, lengths)
+
+
+def play_episodes(envs: list, seeds: list[int],
+                  act: Callable[[np.ndarray], np.ndarray],
+                  reward_of: Callable[[float, dict], float] = lambda reward, info: reward,
+                  ) -> np.ndarray:
+    """One episode on each of N fresh gymnasium envs, stepped together (the LunarLander
+    and CarRacing agents' evaluations; Atari's official protocol is :func:`evaluate`).
+
+    Env i is reset with ``seeds[i]``. Each loop iteration calls ``act`` once with the
+    observations of all N envs (a finished env's last one included; its action is not
+    used) and expects N actions; an env stops at termination or truncation. The envs
+    are closed at the end.
+
+    Args:
+      envs: N gymnasium envs.
+      seeds: their reset seeds.
+      act: the policy, ``(N, ...)`` observations -> N actions.
+      reward_of: what a step adds to the return, from ``(reward, info)`` (default: the
+        reward).
+
+    Returns:
+      float64 ``(N,)`` episode returns.
+    """
+    obs = np.stack([env.reset(seed=s)[0] for env, s in zip(envs, seeds, strict=True)])
+    returns = np.zeros(len(envs))
+    running = np.ones(len(envs), bool)
+    while running.any():
+        actions = np.asarray(act(obs))
+        for j in np.flatnonzero(running):
+            obs[j], reward, terminated, truncated, info = envs[j].step(actions[j])
+            returns[j] += reward_of(reward, info)
+            running[j] = not (terminated or truncated)
+    for env in envs:
+        env.close()
+    return returns

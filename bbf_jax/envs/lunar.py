@@ -11,6 +11,7 @@ from __future__ import annotations
 import gymnasium as gym
 
 from bbf_jax.agents.brc.config import TASK_NAMES, LunarTasksConfig
+from bbf_jax.envs.box2d_extra import require_box2d
 
 NUM_ACTIONS = 4
 STATE_DIM = 8
@@ -38,10 +39,5 @@ def make_lunar_env(task: str, cfg: LunarTasksConfig) -> gym.Env:
       ImportError: Box2D is missing (the message says how to install it).
     """
     kwargs = lunar_kwargs(task, cfg)
-    try:
-        import Box2D  # noqa: F401
-        import pygame  # noqa: F401  (gymnasium's box2d package imports it)
-    except ImportError as e:
-        raise ImportError(f"LunarLander needs Box2D ({e.name} is missing): "
-                          "pip install -e \".[box2d]\"") from None
+    require_box2d("LunarLander")
     return gym.make("LunarLander-v3", **kwargs)

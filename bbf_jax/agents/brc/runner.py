@@ -38,17 +38,17 @@ import tqdm
 from bbf_jax.agents.brc.config import TASK_NAMES, ExperimentConfig
 from bbf_jax.agents.brc.learner import METRIC_NAMES, Learner, TrainState, make_learner
 from bbf_jax.agents.brc.normalizer import RewardNormalizer
-from bbf_jax.envs.evaluation import env_seeds
+from bbf_jax.envs.evaluation import env_seeds, play_episodes
 from bbf_jax.envs.lunar import NUM_ACTIONS, STATE_DIM, make_lunar_env
-from bbf_jax.metrics_io import CsvLog
+from bbf_jax.metrics_io import CsvLog, fresh_run_dirs
 from bbf_jax.networks import param_count
 from bbf_jax.replay.multitask import Batch, MultiTaskReplay
+from bbf_jax.seed_group import seed_dir
 from bbf_jax.seeds import RunSeeds, learner_keys
 
 EPISODE_FIELDS = ["episode", "env_step", "task", "episode_return", "episode_length",
                   "epsilon"]
 EVAL_FIELDS = ["episode", "env_step", *TASK_NAMES, "average"]
-RUN_FILES = ("episodes.csv", "train_log.csv", "evals.csv", "eval.json")
 
 
 def scale_columns(cfg: ExperimentConfig) -> list[str]:
@@ -61,11 +61,11 @@ def scale_columns(cfg: ExperimentConfig) -> list[str]:
 
 def run_dirs(cfg: ExperimentConfig, base_dir) -> list[pathlib.Path]:
     """The run directory of each seed: ``base_dir`` for one seed (``RunConfig.seed``),
-    ``base_dir/seed_<s>`` for each of ``RunConfig.seeds``."""
-    base_dir = pathlib.Path(base_dir)
+    ``base_dir/seed_<s>`` (:func:`~bbf_jax.seed_group.seed_dir`) for each of
+    ``RunConfig.seeds``."""
     if not cfg.run.seeds:
-        return [base_dir]
-    return [base_dir / f"seed_{s}" for s in cfg.run.seeds]
+        return [pathlib.Path(base_dir)]
+    return [seed_dir(base_dir, s) for s in cfg.run.seeds]
 
 
 def epsilon_after(agent, episodes: int) -> float:
@@ -156,14 +156,7 @@ class MultiTaskRunner:
         self.cfg = cfg
         self.progress = progress
         seeds = cfg.run.seeds or (cfg.run.seed,)
-        dirs = run_dirs(cfg, base_dir)
-        for d in dirs:
-            found = [f for f in RUN_FILES if (d / f).exists()]
-            if found:
-                raise ValueError(f"{d} already holds a run ({', '.join(found)}); multi-task "
-                                 "LunarLander runs do not resume: choose a new --base_dir")
-        for d in dirs:
-            d.mkdir(parents=True, exist_ok=True)
+        dirs = fresh_run_dirs(run_dirs(cfg, base_dir), "multi-task LunarLander")
         self.learner: Learner = make_learner(cfg.network, cfg.agent, NUM_ACTIONS)
         self.members = [_Seed(cfg, s, d) for s, d in zip(seeds, dirs, strict=True)]
         keys = [learner_keys(s) for s in seeds]
@@ -284,18 +277,9 @@ class MultiTaskRunner:
         names = [t for t in tasks.tasks for _ in range(per_task)]
         ids = np.asarray([TASK_NAMES.index(t) for t in names], np.int32)
         seeds = env_seeds(m.seeds.evaluation(m.episodes).env_seed, len(names))
-        envs = [make_lunar_env(t, tasks) for t in names]
-        states = np.stack([env.reset(seed=s)[0] for env, s in zip(envs, seeds, strict=True)])
-        returns = np.zeros(len(envs))
-        running = np.ones(len(envs), bool)
-        while running.any():
-            actions = np.asarray(self._greedy(self.state.params, index, states, ids))
-            for j in np.flatnonzero(running):
-                states[j], reward, terminated, truncated, _ = envs[j].step(int(actions[j]))
-                returns[j] += reward
-                running[j] = not (terminated or truncated)
-        for env in envs:
-            env.close()
+        returns = play_episodes([make_lunar_env(t, tasks) for t in names], seeds,
+                                lambda states: self._greedy(self.state.params, index, states,
+                                                            ids))
         record = {"episode": m.episodes, "env_step": m.env_steps,
                   "returns": {t: returns[[n == t for n in names]].tolist() for t in tasks.tasks}}
         record.update(summarize_eval(record["returns"]))

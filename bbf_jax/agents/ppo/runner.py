@@ -37,7 +37,7 @@ from bbf_jax.agents.ppo.learner import (
 from bbf_jax.envs.car_racing import make_vector_env
 from bbf_jax.gae import gae
 from bbf_jax.networks import param_count
-from bbf_jax.pixel_runs import PixelRun, run_dirs, summary  # noqa: F401 (bbf-train's)
+from bbf_jax.pixel_runs import PixelRun, summary  # noqa: F401 (bbf-train's)
 from bbf_jax.runner import crossed
 from bbf_jax.seeds import RunSeeds, learner_keys
 

@@ -29,6 +29,7 @@ import optax
 
 from bbf_jax.agents.sac.config import SACAgentConfig, SACNetworkConfig
 from bbf_jax.augment import random_shift
+from bbf_jax.policy_distributions import BoxGaussian
 from bbf_jax.replay.frames import Batch
 
 ACTION_DIM = 3
@@ -107,9 +108,9 @@ def squashed_sample(key, mean, log_std):
     """``a = tanh(u)``, ``u ~ N(mean, exp(log_std)^2)``, and ``log pi(a)``: the Gaussian
     log-density of u minus ``sum log(1 - tanh(u)^2)`` (written
     ``2 (log 2 - u - softplus(-2 u))`` for stability; Haarnoja et al. 2018, App. C)."""
-    u = mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape)
-    z = (u - mean) * jnp.exp(-log_std)
-    log_prob = jnp.sum(-0.5 * z**2 - log_std - 0.5 * jnp.log(2.0 * jnp.pi), axis=-1)
+    gaussian = BoxGaussian(mean, log_std)
+    u = gaussian.sample(key)
+    log_prob = gaussian.log_prob(u)
     log_prob -= jnp.sum(2.0 * (jnp.log(2.0) - u - jax.nn.softplus(-2.0 * u)), axis=-1)
     return jnp.tanh(u), log_prob
 

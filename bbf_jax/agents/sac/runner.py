@@ -27,7 +27,7 @@ from bbf_jax.agents.sac.config import ExperimentConfig
 from bbf_jax.agents.sac.learner import ACTION_DIM, METRIC_NAMES, Learner, to_env_action
 from bbf_jax.envs.car_racing import CarRacing
 from bbf_jax.networks import param_count
-from bbf_jax.pixel_runs import PixelRun, run_dirs, summary  # noqa: F401 (bbf-train's)
+from bbf_jax.pixel_runs import PixelRun, summary  # noqa: F401 (bbf-train's)
 from bbf_jax.replay.frames import FrameReplay
 from bbf_jax.seeds import RunSeeds, learner_keys
 
