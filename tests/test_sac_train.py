@@ -4,6 +4,7 @@ returns, same seed same run; the gin files. Needs Box2D (the ``box2d`` extra).""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 
@@ -63,5 +64,12 @@ def test_gin_files():
     assert (cfg.agent.replay_capacity, cfg.agent.num_augmentations) == (30_000, 1)
     ar2 = gin_utils.parse([str(ROOT / "gin_configs" / "SAC_DrQ_car_racing_ar2.gin")])
     assert (ar2.run.num_train_steps, ar2.env.action_repeat) == (500_000, 2)
+    # The CPU budget's deviations, and only those.
+    cpu = gin_utils.parse([str(ROOT / "gin_configs" / "SAC_DrQ_car_racing_cpu.gin")])
+    assert (cpu.agent.batch_size, cpu.env.image_size, cpu.env.action_repeat,
+            cpu.run.num_train_steps) == (32, 64, 4, 20_000)
+    assert cpu.network == cfg.network
+    assert cpu.agent == dataclasses.replace(cfg.agent, batch_size=32)
+    assert cpu.env == dataclasses.replace(cfg.env, image_size=64, action_repeat=4)
     with pytest.raises(gin_utils.ConfigError, match="does not apply to agent 'sac'"):
         gin_utils.parse([SMOKE], ["RunConfig.checkpoint_every = 5"])

@@ -40,6 +40,7 @@ from bbf_jax.agents.brc.learner import METRIC_NAMES, Learner, TrainState, make_l
 from bbf_jax.agents.brc.normalizer import RewardNormalizer
 from bbf_jax.envs.evaluation import env_seeds, play_episodes
 from bbf_jax.envs.lunar import NUM_ACTIONS, STATE_DIM, make_lunar_env
+from bbf_jax.jit_once import jit_once
 from bbf_jax.metrics_io import CsvLog, fresh_run_dirs
 from bbf_jax.networks import param_count
 from bbf_jax.replay.multitask import Batch, MultiTaskReplay
@@ -160,7 +161,7 @@ class MultiTaskRunner:
         self.learner: Learner = make_learner(cfg.network, cfg.agent, NUM_ACTIONS)
         self.members = [_Seed(cfg, s, d) for s, d in zip(seeds, dirs, strict=True)]
         keys = [learner_keys(s) for s in seeds]
-        self.state: TrainState = jax.jit(jax.vmap(self.learner.init))(
+        self.state: TrainState = jit_once(jax.vmap(self.learner.init))(
             jnp.stack([k[1] for k in keys]))
         self.act_keys = jnp.stack([k[2] for k in keys])
         self.total_episodes = cfg.agent.episodes_per_task * len(cfg.tasks.tasks)

@@ -36,6 +36,7 @@ from bbf_jax.agents.ppo.learner import (
 )
 from bbf_jax.envs.car_racing import make_vector_env
 from bbf_jax.gae import gae
+from bbf_jax.jit_once import jit_once
 from bbf_jax.networks import param_count
 from bbf_jax.pixel_runs import PixelRun, summary  # noqa: F401 (bbf-train's)
 from bbf_jax.runner import crossed
@@ -91,7 +92,7 @@ class PPORunner:
         self.train_key, init_key, self.act_key = learner_keys(cfg.run.seed)
         self.learner = make_learner(cfg.network, a)
         self.envs, self.env_seeds = make_vector_env(cfg.env, a.num_envs, self.seeds.train_env)
-        self.state = jax.jit(self.learner.init, static_argnums=1)(
+        self.state = jit_once(self.learner.init, static_argnums=1)(
             init_key, self.envs.single_observation_space.shape)
         self._act = jax.jit(self.learner.act)
         self._value = jax.jit(lambda p, o: self.learner.distribution(p, o)[1])

@@ -26,6 +26,7 @@ import tqdm
 from bbf_jax.agents.sac.config import ExperimentConfig
 from bbf_jax.agents.sac.learner import ACTION_DIM, METRIC_NAMES, Learner, to_env_action
 from bbf_jax.envs.car_racing import CarRacing
+from bbf_jax.jit_once import jit_once
 from bbf_jax.networks import param_count
 from bbf_jax.pixel_runs import PixelRun, summary  # noqa: F401 (bbf-train's)
 from bbf_jax.replay.frames import FrameReplay
@@ -57,7 +58,7 @@ class SACRunner:
         self.channels = shape[-1] // cfg.env.frame_stack
         self.replay = FrameReplay(cfg.agent.replay_capacity, (*shape[:2], self.channels),
                                   cfg.env.frame_stack, ACTION_DIM, self.seeds.replay)
-        self.state = jax.jit(self.learner.init, static_argnums=1)(init_key, shape)
+        self.state = jit_once(self.learner.init, static_argnums=1)(init_key, shape)
         self._act = jax.jit(self.learner.act)
         self._act_eval = jax.jit(self.learner.act_eval)
         self._update = jax.jit(self.learner.update)
